@@ -1,0 +1,175 @@
+"""Choice of compute backend: ``numpy``, ``cuda`` or ``emulated``.
+
+A backend bundles an array module (``xp``: numpy or cupy), the op implementations
+(``ops``: one object or module with the functions listed in ``gpucnn.ops``) and the
+host<->device copies. Layers ask ``get_backend()`` for it at call time and never
+import CuPy themselves; this module and ``gpucnn.cuda`` are the only places that do.
+
+Selection: ``set_backend(name)``, else the ``GPUCNN_BACKEND`` environment variable,
+else ``auto`` (cuda when CuPy imports and a device answers, otherwise numpy,
+announced once on stderr). An explicit ``cuda`` that cannot run raises
+``BackendUnavailable`` naming the cause; it never falls back silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Iterator
+
+import numpy as np
+
+from gpucnn.errors import BackendUnavailable
+
+BACKEND_NAMES = ("auto", "numpy", "cuda", "emulated")
+_ALIASES = {"cpu": "numpy", "gpu": "cuda"}
+ENV_VAR = "GPUCNN_BACKEND"
+
+
+@dataclass
+class Backend:
+    """A compute backend: array module, ops and host<->device copies."""
+
+    name: str
+    xp: ModuleType
+    ops: Any
+    device_name: str
+    float_dtypes: tuple = (np.float32, np.float64)
+    notes: list = field(default_factory=list)
+
+    def asarray(self, array, dtype=None):
+        """Copy a host (NumPy) array to this backend's device; no copy when already there."""
+        return self.xp.asarray(array, dtype=dtype)
+
+    def to_host(self, array) -> np.ndarray:
+        """Return a NumPy copy (or view, on CPU backends) of a backend array."""
+        if isinstance(array, np.ndarray):
+            return array
+        return array.get()
+
+    def synchronize(self) -> None:
+        """Wait for queued device work to finish (a no-op on CPU backends)."""
+        if self.name == "cuda":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def check_dtype(self, dtype, what: str) -> None:
+        """Raise TypeError when this backend cannot compute in ``dtype``."""
+        if np.dtype(dtype).type not in self.float_dtypes:
+            allowed = ", ".join(np.dtype(t).name for t in self.float_dtypes)
+            raise TypeError(
+                f"{what}: the {self.name} backend computes in {allowed}; got {np.dtype(dtype).name}"
+                + (" (use the numpy backend for float64 gradient checks)" if self.name != "numpy" else "")
+            )
+
+
+_current: Backend | None = None
+_announced = False
+
+
+def normalize_name(name: str) -> str:
+    """Map user spellings (``cpu``, ``gpu``, any case) to a backend name, or raise ValueError."""
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in BACKEND_NAMES:
+        raise ValueError(f"unknown backend {name!r}; expected one of auto, numpy (cpu), cuda, emulated")
+    return key
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why the cuda backend cannot run here, or None when it can."""
+    try:
+        import cupy  # noqa: F401
+    except ImportError as exc:
+        return f"CuPy is not installed ({exc.msg}); install gpucnn[cuda12] or gpucnn[cuda13]"
+    except Exception as exc:  # a broken CuPy install raises all sorts of errors on import
+        return f"CuPy failed to import: {exc}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        text = str(exc)
+        if "InsufficientDriver" in text or "driver version" in text.lower():
+            return f"the NVIDIA driver is too old for this CuPy build ({text})"
+        if "NoDevice" in text:
+            return "no CUDA device is visible (cudaErrorNoDevice)"
+        return f"CUDA could not be initialised: {text}"
+    if count == 0:
+        return "no CUDA device is visible"
+    return None
+
+
+def _make_numpy() -> Backend:
+    from gpucnn.ops import numpy_ops
+
+    return Backend("numpy", np, numpy_ops, "CPU (NumPy)")
+
+
+def _make_cuda() -> Backend:
+    reason = cuda_unavailable_reason()
+    if reason:
+        raise BackendUnavailable(f"cuda backend unavailable: {reason}")
+    import cupy
+
+    from gpucnn.cuda.launcher import CudaLauncher
+    from gpucnn.ops.kernel_ops import KernelOps
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return Backend("cuda", cupy, KernelOps(CudaLauncher(), cupy), name, float_dtypes=(np.float32,))
+
+
+def _make_emulated() -> Backend:
+    from gpucnn.cuda.emulator import EmulatedLauncher
+    from gpucnn.ops.kernel_ops import KernelOps
+
+    return Backend(
+        "emulated", np, KernelOps(EmulatedLauncher(), np), "CPU (CUDA emulation)", float_dtypes=(np.float32,)
+    )
+
+
+def create_backend(name: str) -> Backend:
+    """Build a backend by name; ``auto`` picks cuda when usable, else numpy (announced once)."""
+    global _announced
+    key = normalize_name(name)
+    if key == "numpy":
+        return _make_numpy()
+    if key == "cuda":
+        return _make_cuda()
+    if key == "emulated":
+        return _make_emulated()
+    reason = cuda_unavailable_reason()
+    if reason is None:
+        return _make_cuda()
+    if not _announced:
+        print(f"gpucnn: using the numpy backend ({reason})", file=sys.stderr)
+        _announced = True
+    backend = _make_numpy()
+    backend.notes.append(reason)
+    return backend
+
+
+def get_backend() -> Backend:
+    """The current backend, created on first use from ``GPUCNN_BACKEND`` (default auto)."""
+    global _current
+    if _current is None:
+        _current = create_backend(os.environ.get(ENV_VAR, "auto"))
+    return _current
+
+
+def set_backend(name: str) -> Backend:
+    """Make ``name`` the current backend and return it."""
+    global _current
+    _current = create_backend(name)
+    return _current
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[Backend]:
+    """Run a block under another backend, restoring the previous one afterwards."""
+    global _current
+    previous = _current
+    try:
+        yield set_backend(name)
+    finally:
+        _current = previous

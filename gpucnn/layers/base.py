@@ -1,0 +1,131 @@
+"""The Layer base class and the argument checks every layer shares.
+
+A layer owns ``params`` and ``grads`` (dicts of backend arrays with equal keys and shapes),
+caches in ``forward`` only what its ``backward`` needs, and is bound to the backend that
+was current when it was built (``self.backend``); its arrays live there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gpucnn.backend import Backend, get_backend
+
+IntPair = tuple[int, int]
+
+
+def as_pair(value: Any, what: str, minimum: int = 0) -> IntPair:
+    """Normalize an int or an (h, w) pair of ints to a tuple, checking each is >= minimum."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{what} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    """A numpy Generator from a Generator, an int seed, or None (fresh entropy)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+class Layer:
+    """Base class: forward(x, training) -> y, backward(dy) -> dx, params/grads dicts.
+
+    Subclasses set ``param_kinds`` (param name -> "weight" or "bias"); the optimizer applies
+    weight decay to "weight" params only and may give each kind its own learning rate.
+    ``frozen`` layers keep their params out of the optimizer.
+    """
+
+    param_kinds: dict[str, str] = {}
+
+    def __init__(self, dtype=None) -> None:
+        """``dtype`` None: a parameter-free layer that keeps whatever float dtype it is given."""
+        self.backend: Backend = get_backend()
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        if self.dtype is not None:
+            if self.dtype.kind != "f":
+                raise TypeError(f"{type(self).__name__}: dtype must be a float type, got {self.dtype.name}")
+            self.backend.check_dtype(self.dtype, type(self).__name__)
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.frozen = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def ops(self):
+        return self.backend.ops
+
+    @property
+    def xp(self):
+        return self.backend.xp
+
+    def forward(self, x, training: bool = True):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x, training: bool = True):
+        return self.forward(x, training=training)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Per-sample output shape for a per-sample input shape (no batch axis)."""
+        return tuple(input_shape)
+
+    def num_params(self) -> int:
+        return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
+
+    def state(self) -> dict[str, Any]:
+        """Arrays besides params that a checkpoint must keep (running statistics...)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``state()`` returned."""
+
+    def set_param(self, name: str, value) -> None:
+        """Replace a parameter's values, keeping its shape, dtype and backend."""
+        current = self.params[name]
+        host = np.asarray(value)
+        if host.shape != tuple(current.shape):
+            raise ValueError(
+                f"{self.name}.params[{name!r}]: expected shape {tuple(current.shape)}, got {host.shape}"
+            )
+        self.params[name][...] = self.backend.asarray(host.astype(self.dtype, copy=False))
+
+    def _new_param(self, name: str, host_value: np.ndarray, kind: str) -> None:
+        self.params[name] = self.backend.asarray(np.ascontiguousarray(host_value, dtype=self.dtype))
+        self.grads[name] = self.xp.zeros_like(self.params[name])
+        self.param_kinds = {**self.param_kinds, name: kind}
+
+    def check_input(self, x, expected_rank: int, layout: str) -> None:
+        """Reject non-float arrays and wrong ranks with the layer's name and the shapes."""
+        dtype = np.dtype(x.dtype)
+        if dtype.kind in "iub":
+            raise ValueError(
+                f"{self.name}: got an integer array ({dtype.name}); convert images to float first, "
+                f"e.g. x.astype(np.float32) / 255"
+            )
+        if self.dtype is not None and dtype != self.dtype:
+            raise ValueError(f"{self.name}: expected {self.dtype.name} input, got {dtype.name}")
+        if x.ndim != expected_rank:
+            raise ValueError(
+                f"{self.name}: expected a {expected_rank}-d input {layout}, got shape {tuple(x.shape)}"
+            )
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"

@@ -1,0 +1,94 @@
+"""The op interface: one function per operation, same signature on every backend.
+
+Implementations:
+  - ``gpucnn.ops.numpy_ops``  (module)  vectorized NumPy; the reference. float32/float64.
+  - ``gpucnn.ops.kernel_ops.KernelOps(launcher, xp)``  kernels/*.cu launched on the GPU
+    (CudaLauncher, xp=cupy) or on the CPU emulation (EmulatedLauncher, xp=numpy). float32.
+
+Layers reach them as ``get_backend().ops.<name>(...)``. Arrays are NCHW and C-contiguous;
+``stride``, ``padding``, ``kernel`` are ``(h, w)`` tuples of ints (layers normalize ints).
+Every function returns new arrays unless it says "in place".
+
+Convolution (cross-correlation), x: (N, C, H, W), w: (O, C, KH, KW), b: (O,) or None,
+OH = (H + 2*ph - KH)//sh + 1, OW likewise:
+  conv2d_forward(x, w, b, stride, padding) -> y (N, O, OH, OW)
+  conv2d_backward_data(dy, w, x_shape, stride, padding) -> dx (N, C, H, W)
+  conv2d_backward_filter(dy, x, w_shape, stride, padding) -> dw (O, C, KH, KW)
+  conv2d_backward_bias(dy) -> db (O,)                      sum over N, OH, OW
+
+Pooling, x: (N, C, H, W) -> y: (N, C, OH, OW):
+  maxpool2d_forward(x, kernel, stride, padding) -> (y, argmax)
+      argmax: int32 (N, C, OH, OW), the flat index ``h*W + w`` of the window's maximum
+      inside its input plane. Padding is -inf. Ties: first maximum in row-major window order.
+  maxpool2d_backward(dy, argmax, x_shape) -> dx            scatter-add dy to argmax
+  avgpool2d_forward(x, kernel, stride, padding) -> y       padding counts as zeros,
+      divisor is always KH*KW
+  avgpool2d_backward(dy, x_shape, kernel, stride, padding) -> dx
+
+Dense, x: (N, I), w: (O, I), b: (O,):
+  dense_forward(x, w, b) -> y (N, O)                       y = x @ w.T + b
+  dense_backward(dy, x, w) -> (dx (N, I), dw (O, I), db (O,))
+
+Activations (any shape); backward takes what the layer cached:
+  relu_forward(x) -> y;      relu_backward(dy, y) -> dx
+  sigmoid_forward(x) -> y;   sigmoid_backward(dy, y) -> dx
+  tanh_forward(x) -> y;      tanh_backward(dy, y) -> dx
+  softplus_forward(x) -> y;  softplus_backward(dy, x) -> dx     (stable for large |x|)
+  gelu_forward(x) -> y;      gelu_backward(dy, x) -> dx         (exact erf form)
+  dropout_forward(x, p, seed) -> (y, mask)                 inverted dropout; ``mask`` holds
+      0 or 1/(1-p), drawn from a counter-based hash of (seed, flat index) that every
+      backend computes identically (see numpy_ops.dropout_keep_uniform); seed: int in [0, 2**32)
+  dropout_backward(dy, mask) -> dx
+
+Losses, logits: (N, K) float, labels: (N,) int32/int64 in [0, K):
+  softmax_cross_entropy_forward(logits, labels, label_smoothing) -> (loss, probs)
+      loss: 0-d array, mean over the batch of -sum_k t_k log p_k with
+      t = (1 - eps) * onehot + eps / K; probs: (N, K)
+  softmax_cross_entropy_backward(probs, labels, label_smoothing) -> dlogits = (probs - t) / N
+  mse_forward(pred, target) -> loss (0-d): mean over all elements of (pred - target)**2
+  mse_backward(pred, target) -> dpred = 2 * (pred - target) / pred.size
+
+Optimizer:
+  sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay) -> None, in place
+      g = grad + weight_decay * param;  if momentum: velocity = momentum*velocity + g and
+      step = g + momentum*velocity if nesterov else velocity; else step = g;
+      param -= lr * step.  ``velocity`` is None when momentum == 0.
+
+Batch normalization (per channel over N, H, W), x: (N, C, H, W), gamma/beta: (C,):
+  batchnorm2d_forward(x, gamma, beta, eps) -> (y, mean (C,), invstd (C,), var_unbiased (C,))
+  batchnorm2d_inference(x, gamma, beta, running_mean, running_var, eps) -> y
+  batchnorm2d_backward(dy, x, gamma, mean, invstd) -> (dx, dgamma, dbeta)
+"""
+
+CONV_OPS = (
+    "conv2d_forward",
+    "conv2d_backward_data",
+    "conv2d_backward_filter",
+    "conv2d_backward_bias",
+)
+POOL_OPS = ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward")
+DENSE_OPS = ("dense_forward", "dense_backward")
+ACTIVATION_OPS = (
+    "relu_forward",
+    "relu_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "tanh_forward",
+    "tanh_backward",
+    "softplus_forward",
+    "softplus_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "dropout_forward",
+    "dropout_backward",
+)
+LOSS_OPS = (
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "mse_forward",
+    "mse_backward",
+)
+OPTIM_OPS = ("sgd_update",)
+NORM_OPS = ("batchnorm2d_forward", "batchnorm2d_inference", "batchnorm2d_backward")
+
+ALL_OPS = CONV_OPS + POOL_OPS + DENSE_OPS + ACTIVATION_OPS + LOSS_OPS + OPTIM_OPS + NORM_OPS

@@ -1,0 +1,1 @@
+"""CUDA C++ sources of gpucnn's kernels; shipped in the wheel as package data."""
