@@ -1,0 +1,26 @@
+"""Layers: Conv2D, pooling, Dense, activations, Dropout, Flatten, BatchNorm2D."""
+
+from gpucnn.layers.activations import GELU, ReLU, Sigmoid, Softplus, Tanh
+from gpucnn.layers.base import Layer
+from gpucnn.layers.conv import Conv2D
+from gpucnn.layers.dense import Dense
+from gpucnn.layers.dropout import Dropout
+from gpucnn.layers.norm import BatchNorm2D
+from gpucnn.layers.pool import AvgPool2D, MaxPool2D
+from gpucnn.layers.shape import Flatten
+
+__all__ = [
+    "Layer",
+    "Conv2D",
+    "MaxPool2D",
+    "AvgPool2D",
+    "Dense",
+    "Flatten",
+    "ReLU",
+    "Sigmoid",
+    "Tanh",
+    "Softplus",
+    "GELU",
+    "Dropout",
+    "BatchNorm2D",
+]

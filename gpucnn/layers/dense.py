@@ -1,0 +1,56 @@
+"""Fully connected layer: y (N, O) = x (N, I) @ W.T + b, W (O, I), b (O,)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpucnn.init import initialize
+from gpucnn.layers.base import Layer, as_rng
+
+
+class Dense(Layer):
+    """Fully connected layer; caches its input for the backward pass."""
+
+    param_kinds = {"W": "weight", "b": "bias"}
+
+    def __init__(
+        self, in_features: int, out_features: int, dtype=np.float32, rng=None, bias: bool = True, init: str = "he"
+    ) -> None:
+        super().__init__(dtype)
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Dense: feature counts must be >= 1, got {in_features} -> {out_features}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.param_kinds = {}
+        self._new_param(
+            "W", initialize(init, (self.out_features, self.in_features), as_rng(rng), self.dtype), "weight"
+        )
+        if bias:
+            self._new_param("b", np.zeros(self.out_features, dtype=self.dtype), "bias")
+        self._x = None
+
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(
+                f"{self.name}: expected per-sample input shape ({self.in_features},), got {tuple(input_shape)}"
+            )
+        return (self.out_features,)
+
+    def forward(self, x, training: bool = True):
+        self.check_input(x, 2, "(N, features)")
+        self.output_shape(tuple(x.shape[1:]))
+        self._x = x
+        return self.ops.dense_forward(x, self.params["W"], self.params.get("b"))
+
+    def backward(self, dy, input_grad: bool = True):
+        """Fill grads["W"], grads["b"]; return dx (None when ``input_grad`` is False)."""
+        if self._x is None:
+            raise RuntimeError(f"{self.name}: backward called before forward")
+        dx, dw, db = self.ops.dense_backward(dy, self._x, self.params["W"])
+        self.grads["W"] = dw
+        if "b" in self.params:
+            self.grads["b"] = db
+        return dx if input_grad else None
+
+    def __repr__(self) -> str:
+        return f"Dense({self.in_features}, {self.out_features})"

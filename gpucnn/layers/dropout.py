@@ -1,0 +1,40 @@
+"""Inverted dropout with the counter-based hash every backend shares."""
+
+from __future__ import annotations
+
+from gpucnn.layers.base import Layer, as_rng
+
+
+class Dropout(Layer):
+    """Zero each element with probability p in training, scale the rest by 1/(1-p).
+
+    Each training forward draws a fresh 32-bit seed from ``rng`` (Generator, int or
+    None); ``next_seed`` (settable) fixes the seed of the next call, for reproducible tests.
+    Evaluation mode is the identity.
+    """
+
+    def __init__(self, p: float = 0.5, rng=None) -> None:
+        super().__init__(None)
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = float(p)
+        self._rng = as_rng(rng)
+        self.next_seed: int | None = None
+        self._mask = None
+
+    def forward(self, x, training: bool = True):
+        self.check_input(x, x.ndim, "")
+        if not training or self.p == 0.0:
+            self._mask = None
+            return x
+        seed = self.next_seed if self.next_seed is not None else int(self._rng.integers(0, 2**32))
+        self.next_seed = None
+        self.last_seed = seed
+        y, self._mask = self.ops.dropout_forward(x, self.p, seed)
+        return y
+
+    def backward(self, dy):
+        return dy if self._mask is None else self.ops.dropout_backward(dy, self._mask)
+
+    def __repr__(self) -> str:
+        return f"Dropout(p={self.p})"

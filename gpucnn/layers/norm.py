@@ -1,0 +1,89 @@
+"""2-D batch normalization (per channel over N, H, W), PyTorch semantics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpucnn.layers.base import Layer
+
+
+class BatchNorm2D(Layer):
+    """Training: normalize with batch statistics and update the running ones as PyTorch:
+    running = (1 - momentum) * running + momentum * batch, with the UNBIASED batch variance.
+    Evaluation: normalize with the running statistics. Params gamma ("weight"), beta ("bias").
+    """
+
+    param_kinds = {"gamma": "weight", "beta": "bias"}
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True, dtype=np.float32):
+        super().__init__(dtype)
+        if num_features < 1:
+            raise ValueError(f"BatchNorm2D: num_features must be >= 1, got {num_features}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.affine = bool(affine)
+        self.param_kinds = {}
+        if self.affine:
+            self._new_param("gamma", np.ones(num_features, dtype=self.dtype), "weight")
+            self._new_param("beta", np.zeros(num_features, dtype=self.dtype), "bias")
+        else:
+            self._gamma = self.backend.asarray(np.ones(num_features, dtype=self.dtype))
+            self._beta = self.backend.asarray(np.zeros(num_features, dtype=self.dtype))
+        self.running_mean = self.backend.asarray(np.zeros(num_features, dtype=self.dtype))
+        self.running_var = self.backend.asarray(np.ones(num_features, dtype=self.dtype))
+        self._cache = None
+
+    def _gamma_beta(self):
+        if self.affine:
+            return self.params["gamma"], self.params["beta"]
+        return self._gamma, self._beta
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3 or input_shape[0] != self.num_features:
+            raise ValueError(
+                f"{self.name}: expected per-sample shape ({self.num_features}, H, W), got {tuple(input_shape)}"
+            )
+        return tuple(input_shape)
+
+    def forward(self, x, training: bool = True):
+        self.check_input(x, 4, "(N, C, H, W)")
+        self.output_shape(tuple(x.shape[1:]))
+        gamma, beta = self._gamma_beta()
+        if not training:
+            self._cache = None
+            return self.ops.batchnorm2d_inference(x, gamma, beta, self.running_mean, self.running_var, self.eps)
+        if x.shape[0] * x.shape[2] * x.shape[3] < 2:
+            raise ValueError(f"{self.name}: training needs more than 1 value per channel, got input shape {tuple(x.shape)}")
+        y, mean, invstd, var_unbiased = self.ops.batchnorm2d_forward(x, gamma, beta, self.eps)
+        m = self.momentum
+        self.running_mean = (1 - m) * self.running_mean + m * mean
+        self.running_var = (1 - m) * self.running_var + m * var_unbiased
+        self.running_mean = self.running_mean.astype(self.dtype, copy=False)
+        self.running_var = self.running_var.astype(self.dtype, copy=False)
+        self._cache = (x, mean, invstd)
+        return y
+
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}: backward needs a training-mode forward first")
+        x, mean, invstd = self._cache
+        gamma, _ = self._gamma_beta()
+        dx, dgamma, dbeta = self.ops.batchnorm2d_backward(dy, x, gamma, mean, invstd)
+        if self.affine:
+            self.grads["gamma"] = dgamma
+            self.grads["beta"] = dbeta
+        return dx
+
+    def state(self):
+        return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    def load_state(self, state):
+        for key in ("running_mean", "running_var"):
+            value = np.asarray(state[key])
+            if value.shape != (self.num_features,):
+                raise ValueError(f"{self.name}.{key}: expected shape ({self.num_features},), got {value.shape}")
+            setattr(self, key, self.backend.asarray(value.astype(self.dtype)))
+
+    def __repr__(self) -> str:
+        return f"BatchNorm2D({self.num_features}, eps={self.eps}, momentum={self.momentum})"

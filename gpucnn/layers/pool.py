@@ -1,0 +1,66 @@
+"""Max and average pooling layers, NCHW."""
+
+from __future__ import annotations
+
+from gpucnn.layers.base import Layer, as_pair
+
+
+class _Pool2D(Layer):
+    def __init__(self, kernel_size, stride=None, padding=0) -> None:
+        super().__init__(None)
+        self.kernel_size = as_pair(kernel_size, f"{self.name} kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else as_pair(stride, f"{self.name} stride", 1)
+        self.padding = as_pair(padding, f"{self.name} padding", 0)
+        for p, k in zip(self.padding, self.kernel_size):
+            if p > k // 2:
+                raise ValueError(
+                    f"{self.name}: padding {self.padding} must be at most half the kernel {self.kernel_size}"
+                )
+        self._x_shape = None
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: expected a per-sample shape (C, H, W), got {tuple(input_shape)}")
+        c, h, w = input_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise ValueError(
+                f"{self.name}: input spatial size {h}x{w} (padding {ph},{pw}) is smaller than the "
+                f"{kh}x{kw} window; expected at least {kh - 2 * ph}x{kw - 2 * pw}"
+            )
+        return (c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
+    def _check(self, x):
+        self.check_input(x, 4, "(N, C, H, W)")
+        self.output_shape(tuple(x.shape[1:]))
+        self._x_shape = tuple(x.shape)
+
+    def __repr__(self) -> str:
+        return f"{self.name}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"
+
+
+class MaxPool2D(_Pool2D):
+    """Max over each window (padding is -inf); caches the argmax for the backward pass."""
+
+    def forward(self, x, training: bool = True):
+        self._check(x)
+        y, self._argmax = self.ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        return y
+
+    def backward(self, dy):
+        if self._x_shape is None:
+            raise RuntimeError(f"{self.name}: backward called before forward")
+        return self.ops.maxpool2d_backward(dy, self._argmax, self._x_shape)
+
+
+class AvgPool2D(_Pool2D):
+    """Mean over each window; zero padding counts, the divisor is always KH*KW."""
+
+    def forward(self, x, training: bool = True):
+        self._check(x)
+        return self.ops.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, dy):
+        if self._x_shape is None:
+            raise RuntimeError(f"{self.name}: backward called before forward")
+        return self.ops.avgpool2d_backward(dy, self._x_shape, self.kernel_size, self.stride, self.padding)

@@ -1,0 +1,149 @@
+"""Sequential: a chain of layers with forward/backward, summary and checkpoints."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from gpucnn.layers.base import Layer
+from gpucnn.layers.conv import Conv2D
+from gpucnn.layers.dense import Dense
+
+
+class Sequential:
+    """Layers applied in order. Param keys are ``layers.{i}.{name}``."""
+
+    def __init__(self, layers: list[Layer]) -> None:
+        layers = list(layers)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: layers[{i}] is {type(layer).__name__}, not a gpucnn Layer")
+        if not layers:
+            raise ValueError("Sequential: needs at least one layer")
+        self.layers = layers
+
+    @property
+    def backend(self):
+        return self.layers[0].backend
+
+    def forward(self, x, training: bool = True):
+        for layer in self.layers:
+            x = layer.forward(x, training=training)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dlogits, input_grad: bool = True):
+        """Propagate dL/dlogits back through every layer (filling grads); returns dL/dx.
+
+        ``input_grad=False`` (training loops) lets a first Conv2D/Dense skip computing
+        dL/dx, which nothing uses; then None is returned.
+        """
+        d = dlogits
+        for layer in reversed(self.layers[1:]):
+            d = layer.backward(d)
+        first = self.layers[0]
+        if not input_grad and isinstance(first, (Conv2D, Dense)):
+            return first.backward(d, input_grad=False)
+        return first.backward(d)
+
+    def predict(self, x, batch_size: int = 256):
+        """Logits in evaluation mode, computed batch by batch (a backend array)."""
+        if batch_size < 1:
+            raise ValueError(f"predict: batch_size must be >= 1, got {batch_size}")
+        xp = self.backend.xp
+        outs = [self.forward(x[i : i + batch_size], training=False) for i in range(0, x.shape[0], batch_size)]
+        return xp.concatenate(outs, axis=0)
+
+    def parameters(self) -> list[tuple[int, Layer, str]]:
+        return [(i, layer, name) for i, layer in enumerate(self.layers) for name in layer.params]
+
+    def num_params(self) -> int:
+        return sum(layer.num_params() for layer in self.layers)
+
+    def zero_grads(self) -> None:
+        for layer in self.layers:
+            for name, g in layer.grads.items():
+                layer.grads[name] = layer.xp.zeros_like(layer.params[name])
+
+    def summary(self, input_shape: tuple[int, ...]) -> str:
+        """Keras-like table: layer, per-sample output shape, params; then the totals."""
+        rows = []
+        shape = tuple(input_shape)
+        for i, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape)
+            rows.append((f"{i}: {layer!r}", str((None, *shape)), f"{layer.num_params():,}"))
+        head = ("Layer", "Output shape", "Params")
+        widths = [max(len(r[c]) for r in rows + [head]) for c in range(3)]
+        line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
+        rule = "-" * (sum(widths) + 4)
+        total = self.num_params()
+        trainable = sum(layer.num_params() for layer in self.layers if not layer.frozen)
+        parts = [f"Input shape: {(None, *tuple(input_shape))}", rule, line(head), "=" * len(rule)]
+        parts += [line(r) for r in rows]
+        parts += [
+            "=" * len(rule),
+            f"Total params: {total:,}",
+            f"Trainable params: {trainable:,}",
+            f"Non-trainable params: {total - trainable:,}",
+        ]
+        return "\n".join(parts)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Host copies of params and layer state, keys ``layers.{i}.{name}``."""
+        out: dict[str, np.ndarray] = {}
+        for i, layer in enumerate(self.layers):
+            for name, value in {**layer.params, **layer.state()}.items():
+                out[f"layers.{i}.{name}"] = np.array(layer.backend.to_host(value))
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load params and layer state; missing or extra keys and shape mismatches raise ValueError."""
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if missing or extra:
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {extra}")
+        for key, current in expected.items():
+            value = np.asarray(state[key])
+            if value.shape != current.shape:
+                raise ValueError(f"load_state_dict: {key!r} expected shape {current.shape}, got {value.shape}")
+        for i, layer in enumerate(self.layers):
+            for name in layer.params:
+                layer.set_param(name, state[f"layers.{i}.{name}"])
+            names = list(layer.state())
+            if names:
+                layer.load_state({n: state[f"layers.{i}.{n}"] for n in names})
+
+    def save(self, path) -> None:
+        """Write state_dict() to an .npz file atomically (temp file + os.replace)."""
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **self.state_dict())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def load_params(self, path) -> None:
+        """Load an .npz written by save() (no pickle)."""
+        path = os.fspath(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                state = {k: data[k] for k in data.files}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"load_params: no such file {path!r}") from None
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"load_params: {path!r} is not a readable .npz checkpoint ({exc})") from None
+        self.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential([\n  {inner}\n])"

@@ -1,0 +1,19 @@
+"""SGD parameter update on NumPy (in place)."""
+
+from __future__ import annotations
+
+
+def sgd_update(param, grad, velocity, lr, momentum, nesterov, weight_decay):
+    """param -= lr * step, in place; velocity (None when momentum == 0) updated in place.
+
+    g = grad + weight_decay * param; with momentum v = momentum*v + g and
+    step = g + momentum*v (nesterov) or v; without momentum step = g.
+    """
+    g = grad + weight_decay * param if weight_decay else grad
+    if momentum:
+        velocity *= momentum
+        velocity += g
+        step = g + momentum * velocity if nesterov else velocity
+    else:
+        step = g
+    param -= lr * step
