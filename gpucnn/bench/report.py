@@ -1,0 +1,227 @@
+"""Presenting results: aligned terminal tables, the JSON file, a markdown summary, a plot.
+
+The JSON (``SCHEMA``) holds every figure: ``{"schema", "timestamp", "command", "device",
+"versions", "settings", "reference", "peer_modes", "kernels": [...], "train": [...]}``;
+every file is written to a temporary name first and moved into place (``os.replace``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from gpucnn.errors import GpucnnError
+
+SCHEMA = "gpucnn-bench/1"
+
+
+class BenchOutputError(GpucnnError):
+    """A result file cannot be written (bad path, missing matplotlib...)."""
+
+
+# Formatting helpers -------------------------------------------------------------------------
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    if 0 < abs(value) < 10 ** (-digits + 1):
+        return f"{value:.2g}"
+    return f"{value:.{digits}f}"
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def format_table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
+    """Columns padded to their widest cell; ``right`` columns are right-aligned."""
+    right = right if right is not None else set(range(1, len(headers)))
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out.extend(line(r) for r in rows)
+    return "\n".join(out)
+
+
+def peer_names(records: list[dict]) -> list[str]:
+    names: list[str] = []
+    for record in records:
+        for name in record["peers"]:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def kernel_rows(records: list[dict], backend_name: str) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the kernel table (ms = median per call, spread = IQR)."""
+    peers = peer_names(records)
+    headers = ["layer", "op", "shape", f"ours ({backend_name}) ms", "IQR", "rate", "%ref"]
+    for name in peers:
+        headers += [f"{name} ms", "ours/peer"]
+    rows = []
+    for r in records:
+        op = r["op"] + (f"[{r['variant']}]" if r["variant"] else "")
+        t = r["ours"]["timing"]
+        frac = r["ours"]["frac_ref"]
+        row = [f"{r['set']}/{r['layer']}" if r["layer"] else r["set"], op, r["shape"].split(":", 1)[1],
+               _fmt(r["ours"]["ms"]), _fmt(t["q3_ms"] - t["q1_ms"]),
+               f"{_fmt(r['ours']['rate'], 1)} {r['metric']}", "-" if frac is None else f"{100 * frac:.1f}%"]
+        for name in peers:
+            entry = r["peers"].get(name)
+            if entry is None or entry["ms"] is None:
+                row += ["err" if entry and entry.get("error") else "-", "-"]
+            else:
+                row += [_fmt(entry["ms"]), _ratio(entry["ratio"])]
+        rows.append(row)
+    return headers, rows
+
+
+def train_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
+    headers = ["model", "batch", "impl", "step ms", "IQR", "images/s", "epoch s", "epoch images", "ours/peer"]
+    rows = []
+    for r in records:
+        t = r["step"]["timing"]
+        rows.append([r["model"], str(r["batch"]), r["impl"], _fmt(r["step"]["ms"]), _fmt(t["q3_ms"] - t["q1_ms"]),
+                     _fmt(r["images_per_s"], 1), _fmt(r["epoch"]["seconds"]), str(r["epoch"]["images"]),
+                     _ratio(r.get("ratio"))])
+    return headers, rows
+
+
+def references_line(reference: dict) -> str:
+    s, c = reference["sgemm"], reference["copy"]
+    return (f"reference (same run): SGEMM {s['size']}^3 {_fmt(s['gflops'], 1)} GFLOP/s, "
+            f"copy {_fmt(c['gbps'], 1)} GB/s; %ref = ours / SGEMM (GFLOP/s ops) or / copy (GB/s ops)")
+
+
+def render_text(result: dict) -> str:
+    """The whole terminal report."""
+    device = result["device"]
+    lines = [f"gpucnn bench on {device['name']} (backend {device['backend']}), {result['timestamp']}"]
+    if result.get("reference"):
+        lines.append(references_line(result["reference"]))
+    if result.get("kernels"):
+        headers, rows = kernel_rows(result["kernels"], device["backend"])
+        lines += ["", format_table(headers, rows, right=set(range(3, len(headers))))]
+        lines.append("ms: median per call over the repeats; ours/peer > 1 means ours is slower.")
+    if result.get("train"):
+        headers, rows = train_rows(result["train"])
+        lines += ["", "training (synthetic CIFAR-10 data on the device):",
+                  format_table(headers, rows, right=set(range(1, len(headers))) - {2})]
+    return "\n".join(lines)
+
+
+# Files --------------------------------------------------------------------------------------
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and os.replace."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise BenchOutputError(f"cannot write {target}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _json_safe(value.item())
+    return value
+
+
+def write_json(result: dict, path) -> None:
+    atomic_write(path, (json.dumps(_json_safe(result), indent=2) + "\n").encode())
+
+
+def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def render_markdown(result: dict) -> str:
+    """A summary for benchmarks/results/: device, versions, command, tables."""
+    device, versions = result["device"], result["versions"]
+    lines = [f"# gpucnn bench: {device['name']}", "",
+             f"- backend: `{device['backend']}`; recorded {result['timestamp']}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+             f"- command: `{result['command']}`"]
+    for mode in result.get("peer_modes", []):
+        flags = ", ".join(f"{k}={v}" for k, v in mode.items() if k not in ("name",))
+        lines.append(f"- peer `{mode['name']}`: {flags}")
+    if result.get("reference"):
+        lines.append(f"- {references_line(result['reference'])}")
+    if result.get("kernels"):
+        headers, rows = kernel_rows(result["kernels"], device["backend"])
+        lines += ["", "## Kernels", "", "Median ms per call; IQR = interquartile range; ours/peer > 1: ours slower.",
+                  "", _md_table(headers, rows)]
+    if result.get("train"):
+        headers, rows = train_rows(result["train"])
+        lines += ["", "## Training steps", "", _md_table(headers, rows)]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(result: dict, path) -> None:
+    atomic_write(path, render_markdown(result).encode())
+
+
+def write_plot(result: dict, path) -> None:
+    """Bar chart of ms per op/shape: ours vs each peer (log scale). Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BenchOutputError("--plot needs matplotlib: pip install matplotlib (or gpucnn[plot])") from None
+    records = result.get("kernels") or []
+    if not records:
+        raise BenchOutputError("--plot: no kernel results to plot (run with --set/--shape)")
+    peers = peer_names(records)
+    series = [("ours" + (f" ({result['device']['backend']})"), [r["ours"]["ms"] for r in records])]
+    for name in peers:
+        series.append((name, [(r["peers"].get(name) or {}).get("ms") or float("nan") for r in records]))
+    labels = [f"{r['op']}{'[' + r['variant'] + ']' if r['variant'] else ''}\n{r['set']}/{r['layer']} N={r['params'].get('N', '-')}"
+              for r in records]
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.6 * len(records) * len(series)), 6))
+    for i, (name, values) in enumerate(series):
+        ax.bar([j + i * width for j in range(len(records))], values, width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(records))])
+    ax.set_xticklabels(labels, rotation=90, fontsize=6)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per call (median)")
+    ax.set_title(f"gpucnn bench on {result['device']['name']}")
+    ax.legend()
+    fig.tight_layout()
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent if str(target.parent) else ".")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, target)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,208 @@
+"""PyTorch peers: the same op on the same data through PyTorch (cuDNN/cuBLAS on the GPU).
+
+Importing torch is optional: ``load_torch()`` returns None when it is missing. On the GPU two
+peers are timed: ``torch-fp32`` (TF32 off for cuDNN and cuBLAS: exact fp32 like ours) and
+``torch-default`` (PyTorch's own defaults, whatever they were at import). On CPU backends
+one peer, ``torch-cpu``. Every peer starts from the op's host NumPy arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from gpucnn.bench.cases import OpCase
+
+
+def load_torch():
+    """The torch module, or None when it is not installed or fails to import."""
+    try:
+        import torch
+    except Exception:
+        return None
+    return torch
+
+
+@dataclass
+class PeerMode:
+    """A labelled PyTorch configuration: device and TF32 flags (None: leave as found)."""
+
+    name: str
+    device: str
+    tf32: bool | None
+
+    @contextlib.contextmanager
+    def active(self, torch) -> Iterator[None]:
+        """Apply this mode's TF32 flags for the duration of a measurement."""
+        if self.tf32 is None or self.device != "cuda":
+            yield
+            return
+        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = self.tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+    def describe(self, torch) -> dict:
+        """The mode's label and the flags it runs with (for the JSON)."""
+        info = {"name": self.name, "device": self.device}
+        if self.device == "cuda":
+            with self.active(torch):
+                info["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
+                info["matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+                info["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+        else:
+            info["threads"] = int(torch.get_num_threads())
+        return info
+
+
+def peer_modes(backend_name: str, torch) -> list[PeerMode]:
+    """Which torch peers run next to a backend: GPU pair on cuda (when torch sees a GPU), else CPU."""
+    if torch is None:
+        return []
+    if backend_name == "cuda":
+        if not torch.cuda.is_available():
+            return []
+        return [PeerMode("torch-fp32", "cuda", False), PeerMode("torch-default", "cuda", None)]
+    return [PeerMode("torch-cpu", "cpu", None)]
+
+
+def _pair(v) -> list[int]:
+    return list(v)
+
+
+def make_peer(case: OpCase, torch, device: str) -> Callable[[], object] | None:
+    """A no-argument callable running ``case.op`` in torch on ``device``, or None if unsupported."""
+    import torch.nn.functional as F
+
+    aten = torch.ops.aten
+
+    def t(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device) if isinstance(a, np.ndarray) else a
+
+    def t_long(a):
+        return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
+
+    a = case.args
+    op = case.op
+    if op == "conv2d_forward":
+        x, w, b, s, p = map(t, a)
+        return lambda: F.conv2d(x, w, b, stride=s, padding=p)
+    if op == "conv2d_backward_data":
+        dy, w, x_shape, s, p = map(t, a)
+        return lambda: torch.nn.grad.conv2d_input(x_shape, w, dy, stride=s, padding=p)
+    if op == "conv2d_backward_filter":
+        dy, x, w_shape, s, p = map(t, a)
+        return lambda: torch.nn.grad.conv2d_weight(x, w_shape, dy, stride=s, padding=p)
+    if op == "conv2d_backward_bias":
+        dy = t(a[0])
+        return lambda: dy.sum(dim=(0, 2, 3))
+    if op == "maxpool2d_forward":
+        x, k, s, p = map(t, a)
+        return lambda: F.max_pool2d(x, k, s, p, return_indices=True)
+    if op == "maxpool2d_backward":
+        dy, argmax, x_shape = a
+        k, s, p = (case.shape.params[key] for key in ("K", "S", "P"))
+        dy_t, idx, x_t = t(dy), t_long(argmax), torch.empty(x_shape, device=device)
+        return lambda: aten.max_pool2d_with_indices_backward(dy_t, x_t, [k, k], [s, s], [p, p], [1, 1], False, idx)
+    if op == "avgpool2d_forward":
+        x, k, s, p = map(t, a)
+        return lambda: F.avg_pool2d(x, k, s, p, ceil_mode=False, count_include_pad=True)
+    if op == "avgpool2d_backward":
+        dy, x_shape, k, s, p = a
+        dy_t, x_t = t(dy), torch.empty(x_shape, device=device)
+        return lambda: aten.avg_pool2d_backward(dy_t, x_t, _pair(k), _pair(s), _pair(p), False, True, None)
+    if op in ("relu_forward", "sigmoid_forward", "tanh_forward", "softplus_forward", "gelu_forward"):
+        fn = {"relu_forward": torch.relu, "sigmoid_forward": torch.sigmoid, "tanh_forward": torch.tanh,
+              "softplus_forward": F.softplus, "gelu_forward": F.gelu}[op]
+        x = t(a[0])
+        return lambda: fn(x)
+    if op in ("relu_backward", "sigmoid_backward", "tanh_backward", "softplus_backward", "gelu_backward"):
+        dy, other = t(a[0]), t(a[1])
+        backward = {
+            "relu_backward": lambda: aten.threshold_backward(dy, other, 0),
+            "sigmoid_backward": lambda: aten.sigmoid_backward(dy, other),
+            "tanh_backward": lambda: aten.tanh_backward(dy, other),
+            "softplus_backward": lambda: aten.softplus_backward(dy, other, 1, 20),
+            "gelu_backward": lambda: aten.gelu_backward(dy, other),
+        }
+        return backward[op]
+    if op == "dropout_forward":
+        x, p = t(a[0]), a[1]
+        return lambda: F.dropout(x, p, training=True)
+    if op == "dropout_backward":
+        dy, mask = t(a[0]), t(a[1])
+        return lambda: dy * mask
+    if op == "dense_forward":
+        x, w, b = map(t, a)
+        return lambda: F.linear(x, w, b)
+    if op == "dense_backward":
+        dy, x, w = map(t, a)
+        return lambda: (dy @ w, dy.t() @ x, dy.sum(0))
+    if op == "softmax_cross_entropy_forward":
+        logits, labels, eps = t(a[0]), t_long(a[1]), a[2]
+        return lambda: (F.cross_entropy(logits, labels, label_smoothing=eps), torch.softmax(logits, 1))
+    if op == "softmax_cross_entropy_backward":
+        probs, labels, eps = t(a[0]), t_long(a[1]), a[2]
+        n, k = probs.shape
+
+        def sce_backward():
+            target = F.one_hot(labels, k).to(probs.dtype) * (1 - eps) + eps / k
+            return (probs - target) / n
+
+        return sce_backward
+    if op == "mse_forward":
+        pred, target = t(a[0]), t(a[1])
+        return lambda: F.mse_loss(pred, target)
+    if op == "mse_backward":
+        pred, target = t(a[0]), t(a[1])
+        return lambda: (pred - target) * (2.0 / pred.numel())
+    if op == "sgd_update":
+        param, grad, velocity = t(a[0]), t(a[1]), t(a[2])
+        lr, momentum, _, weight_decay = a[3:7]
+
+        def sgd():  # torch.optim.SGD's single-tensor path
+            g = grad.add(param, alpha=weight_decay)
+            velocity.mul_(momentum).add_(g)
+            param.add_(velocity, alpha=-lr)
+
+        return sgd
+    if op == "batchnorm2d_forward":
+        x, gamma, beta, eps = map(t, a)
+        return lambda: aten.native_batch_norm(x, gamma, beta, None, None, True, 0.1, eps)
+    if op == "batchnorm2d_inference":
+        x, gamma, beta, rm, rv, eps = map(t, a)
+        return lambda: F.batch_norm(x, rm, rv, gamma, beta, training=False, eps=eps)
+    if op == "batchnorm2d_backward":
+        dy, x, gamma, mean, invstd = map(t, a)
+        from gpucnn.bench.cases import BN_EPS
+
+        return lambda: aten.native_batch_norm_backward(
+            dy, x, gamma, None, None, mean, invstd, True, BN_EPS, [True, True, True]
+        )
+    return None
+
+
+def torch_clock(torch, device: str):
+    """The clock for a torch peer: torch CUDA events on the GPU, perf_counter on the CPU."""
+    from gpucnn.bench.timing import Clock, TorchEventClock
+
+    return TorchEventClock(torch) if device == "cuda" else Clock()
+
+
+def torch_version_info(torch) -> dict:
+    """torch version, and its CUDA/cuDNN versions when it has them."""
+    if torch is None:
+        return {}
+    info = {"torch": torch.__version__}
+    cuda = getattr(torch.version, "cuda", None)
+    if cuda:
+        info["torch_cuda"] = cuda
+        with contextlib.suppress(Exception):
+            info["cudnn"] = str(torch.backends.cudnn.version())
+    return info

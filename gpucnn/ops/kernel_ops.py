@@ -1,0 +1,451 @@
+"""Every op of ``gpucnn.ops`` backed by the hand-written kernels in kernels/*.cu.
+
+``KernelOps(launcher, xp)`` runs on the GPU (``CudaLauncher``, xp = cupy) or on the CPU
+emulation (``EmulatedLauncher``, xp = numpy) with identical Python code. Signatures and
+semantics match ``gpucnn.ops.numpy_ops``; float32 only (float64 raises TypeError
+pointing at the numpy backend). Nothing here copies to the host: losses come back as
+0-d device arrays reduced on the device.
+
+Convolution variants (``ops.variants``, ``ops.set_variant(op, name)``):
+  conv2d_forward          im2col_gemm (default) | igemm | direct
+  conv2d_backward_data    gemm_col2im (default) | igemm | direct
+  conv2d_backward_filter  im2col_gemm (default) | igemm | direct
+  conv2d_backward_bias    channel_sum
+``im2col_gemm``/``gemm_col2im`` lower to a column buffer (kernels) and multiply with
+xp.matmul (cuBLAS on the GPU), processing the batch in chunks that keep the buffer under
+``col_buffer_bytes``; ``igemm`` are the shared-memory tiled implicit-GEMM kernels (no
+buffer); ``direct`` the textbook formulas.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+THREADS = 256
+MAX_GRID = 65535
+IGEMM_TILE = 64
+IGEMM_TILE_K = 16
+
+VARIANTS = {
+    "conv2d_forward": ("im2col_gemm", "igemm", "direct"),
+    "conv2d_backward_data": ("gemm_col2im", "igemm", "direct"),
+    "conv2d_backward_filter": ("im2col_gemm", "igemm", "direct"),
+    "conv2d_backward_bias": ("channel_sum",),
+}
+
+
+def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _i32(*values) -> list:
+    return [np.int32(v) for v in values]
+
+
+class KernelOps:
+    """The ops of ``gpucnn.ops.ALL_OPS`` on kernels/*.cu, launched through ``launcher``."""
+
+    def __init__(self, launcher, xp, col_buffer_bytes: int = 256 * 2**20):
+        self.launcher = launcher
+        self.xp = xp
+        self.col_buffer_bytes = col_buffer_bytes
+        self._variant = {op: names[0] for op, names in VARIANTS.items()}
+        self.reduction_threads = getattr(launcher, "reduction_threads", THREADS)
+        self.multiprocessor_count = getattr(launcher, "multiprocessor_count", 1)
+        self.min_chunks_per_split = 8
+
+    # ---- variants ---------------------------------------------------------------------
+    @property
+    def variants(self) -> dict[str, tuple[str, ...]]:
+        """Op name -> the implementations it can use (first listed: the default)."""
+        return dict(VARIANTS)
+
+    def variant(self, op: str) -> str:
+        """The implementation ``op`` uses now."""
+        return self._variant[op]
+
+    def set_variant(self, op: str, variant: str) -> None:
+        """Choose the implementation of a convolution op (see ``variants``)."""
+        if op not in VARIANTS:
+            raise ValueError(f"op {op!r} has no variants; ops with variants: {', '.join(VARIANTS)}")
+        if variant not in VARIANTS[op]:
+            raise ValueError(f"unknown variant {variant!r} for {op}; expected one of {', '.join(VARIANTS[op])}")
+        self._variant[op] = variant
+
+    # ---- launch helpers ---------------------------------------------------------------
+    def _float32(self, op: str, *arrays):
+        """Each array as a C-contiguous float32 array on this backend; float64 is refused."""
+        out = []
+        for a in arrays:
+            if a.dtype != np.float32:
+                raise TypeError(
+                    f"{op}: the kernel backends compute in float32; got {a.dtype} "
+                    "(use the numpy backend for float64 gradient checks)"
+                )
+            out.append(a if a.flags.c_contiguous else self.xp.ascontiguousarray(a))
+        return out
+
+    def _launch_flat(self, name: str, n: int, *args) -> None:
+        grid = max(1, min(MAX_GRID, math.ceil(n / THREADS)))
+        self.launcher.launch(name, (grid,), (THREADS,), args)
+
+    def _empty(self, shape):
+        return self.xp.empty(shape, dtype=np.float32)
+
+    def _unary(self, name: str, x):
+        (x,) = self._float32(name, x)
+        y = self._empty(x.shape)
+        self._launch_flat(name, x.size, y, x, np.int32(x.size))
+        return y
+
+    def _binary_backward(self, name: str, dy, cached):
+        dy, cached = self._float32(name, dy, cached)
+        if dy.shape != cached.shape:
+            raise ValueError(f"{name}: dy shape {dy.shape} differs from the cached array's {cached.shape}")
+        dx = self._empty(dy.shape)
+        self._launch_flat(name, dy.size, dx, dy, cached, np.int32(dy.size))
+        return dx
+
+    # ---- convolution ------------------------------------------------------------------
+    @staticmethod
+    def _conv_geometry(op, x_shape, w_shape, stride, padding):
+        n, c, h, w = (int(v) for v in x_shape)
+        o, wc, kh, kw = (int(v) for v in w_shape)
+        if wc != c:
+            raise ValueError(f"{op}: input has {c} channels but the filter expects {wc}")
+        sh, sw = (int(s) for s in stride)
+        ph, pw = (int(p) for p in padding)
+        oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{op}: input {h}x{w} (padding {ph},{pw}) is smaller than the kernel {kh}x{kw}")
+        return n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow
+
+    def _chunk(self, n: int, per_image_floats: int) -> int:
+        return max(1, min(n, self.col_buffer_bytes // max(1, 4 * per_image_floats)))
+
+    def conv2d_forward(self, x, w, b, stride, padding):
+        """y (N, O, OH, OW) = cross-correlation of x (N, C, H, W) with w (O, C, KH, KW) + b."""
+        x, w = self._float32("conv2d_forward", x, w)
+        if b is not None:
+            (b,) = self._float32("conv2d_forward", b)
+        g = self._conv_geometry("conv2d_forward", x.shape, w.shape, stride, padding)
+        n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = g
+        y = self._empty((n, o, oh, ow))
+        variant = self._variant["conv2d_forward"]
+        bias = b if b is not None else w
+        if variant == "direct":
+            self._launch_flat("conv2d_forward_direct", y.size, y, x, w, bias, np.int32(b is not None), *_i32(*g))
+        elif variant == "igemm":
+            grid = (math.ceil(n * oh * ow / IGEMM_TILE), math.ceil(o / IGEMM_TILE))
+            self.launcher.launch("conv2d_forward_igemm", grid, (THREADS,),
+                                 (y, x, w, bias, np.int32(b is not None), *_i32(*g)))
+        else:
+            k, p = c * kh * kw, oh * ow
+            w2 = w.reshape(o, k)
+            step = self._chunk(n, k * p)
+            for start in range(0, n, step):
+                nb = min(step, n - start)
+                col = self._empty((nb, k, p))
+                self._launch_flat("im2col", col.size, col, x[start : start + nb],
+                                  *_i32(nb, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow, k * p, p))
+                self.xp.matmul(w2, col, out=y[start : start + nb].reshape(nb, o, p))
+            if b is not None:
+                self._launch_flat("add_channel_bias", y.size, y, b, *_i32(n, o, oh * ow))
+        return y
+
+    def conv2d_backward_data(self, dy, w, x_shape, stride, padding):
+        """dx (N, C, H, W): dy (N, O, OH, OW) through the 180-degree rotated filter."""
+        dy, w = self._float32("conv2d_backward_data", dy, w)
+        g = self._conv_geometry("conv2d_backward_data", x_shape, w.shape, stride, padding)
+        n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = g
+        if tuple(dy.shape) != (n, o, oh, ow):
+            raise ValueError(f"conv2d_backward_data: dy has shape {dy.shape}, expected {(n, o, oh, ow)}")
+        dx = self._empty((n, c, h, wd))
+        variant = self._variant["conv2d_backward_data"]
+        if variant == "direct":
+            self._launch_flat("conv2d_backward_data_direct", dx.size, dx, dy, w, *_i32(*g))
+        elif variant == "igemm":
+            grid = (math.ceil(n * h * wd / IGEMM_TILE), math.ceil(c / IGEMM_TILE))
+            self.launcher.launch("conv2d_backward_data_igemm", grid, (THREADS,), (dx, dy, w, *_i32(*g)))
+        else:
+            k, p = c * kh * kw, oh * ow
+            w2t = w.reshape(o, k).T
+            step = self._chunk(n, k * p)
+            for start in range(0, n, step):
+                nb = min(step, n - start)
+                dcol = self.xp.matmul(w2t, dy[start : start + nb].reshape(nb, o, p))
+                self._launch_flat("col2im", nb * c * h * wd, dx[start : start + nb], dcol,
+                                  *_i32(nb, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow, k * p, p))
+        return dx
+
+    def _splitk(self, tiles: int, chunks: int) -> int:
+        wanted = math.ceil(4 * self.multiprocessor_count / tiles)
+        return max(1, min(wanted, chunks // max(1, self.min_chunks_per_split), MAX_GRID))
+
+    def conv2d_backward_filter(self, dy, x, w_shape, stride, padding):
+        """dw (O, C, KH, KW): valid correlation of the zero-padded x with the delta map dy."""
+        dy, x = self._float32("conv2d_backward_filter", dy, x)
+        g = self._conv_geometry("conv2d_backward_filter", x.shape, w_shape, stride, padding)
+        n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = g
+        if tuple(dy.shape) != (n, o, oh, ow):
+            raise ValueError(f"conv2d_backward_filter: dy has shape {dy.shape}, expected {(n, o, oh, ow)}")
+        k, p = c * kh * kw, oh * ow
+        dw = self._empty((o, c, kh, kw))
+        variant = self._variant["conv2d_backward_filter"]
+        if variant == "direct":
+            self.launcher.launch("conv2d_backward_filter_direct", (dw.size,), (self.reduction_threads,),
+                                 (dw, dy, x, *_i32(*g)))
+        elif variant == "igemm":
+            grid_x, grid_y = math.ceil(k / IGEMM_TILE), math.ceil(o / IGEMM_TILE)
+            splits = self._splitk(grid_x * grid_y, math.ceil(n * p / IGEMM_TILE_K))
+            partial = dw if splits == 1 else self._empty((splits, o, k))
+            self.launcher.launch("conv2d_backward_filter_igemm", (grid_x, grid_y, splits), (THREADS,),
+                                 (partial, dy, x, *_i32(*g)))
+            if splits > 1:
+                self._launch_flat("splitk_reduce", dw.size, dw, partial, *_i32(splits, dw.size))
+        else:
+            w2 = dw.reshape(o, k)
+            step = self._chunk(n, k * p)
+            for start in range(0, n, step):
+                nb = min(step, n - start)
+                col = self._empty((k, nb * p))
+                self._launch_flat("im2col", col.size, col, x[start : start + nb],
+                                  *_i32(nb, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow, p, nb * p))
+                dyt = self.xp.ascontiguousarray(dy[start : start + nb].reshape(nb, o, p).transpose(1, 0, 2))
+                part = self.xp.matmul(dyt.reshape(o, nb * p), col.T)
+                if start == 0:
+                    w2[...] = part
+                else:
+                    w2 += part
+        return dw
+
+    def conv2d_backward_bias(self, dy):
+        """db (O,): dy (N, O, OH, OW) summed over batch and positions."""
+        (dy,) = self._float32("conv2d_backward_bias", dy)
+        n, o = dy.shape[:2]
+        return self._channel_sum(dy, n, o, int(np.prod(dy.shape[2:], dtype=np.int64)))
+
+    def _channel_sum(self, a, n: int, channels: int, p: int):
+        out = self._empty((channels,))
+        self.launcher.launch("channel_sum", (channels,), (self.reduction_threads,), (out, a, *_i32(n, channels, p)))
+        return out
+
+    # ---- pooling ----------------------------------------------------------------------
+    def _pool_geometry(self, op, x_shape, kernel, stride, padding):
+        n, c, h, w = (int(v) for v in x_shape)
+        kh, kw = (int(v) for v in kernel)
+        sh, sw = (int(v) for v in stride)
+        ph, pw = (int(v) for v in padding)
+        oh, ow = _out_size(h, kh, sh, ph), _out_size(w, kw, sw, pw)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"{op}: input {h}x{w} (padding {ph},{pw}) is smaller than the window {kh}x{kw}")
+        return n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow
+
+    def maxpool2d_forward(self, x, kernel, stride, padding):
+        """(y (N, C, OH, OW), argmax int32 (N, C, OH, OW): flat h*W + w of each maximum)."""
+        (x,) = self._float32("maxpool2d_forward", x)
+        g = self._pool_geometry("maxpool2d_forward", x.shape, kernel, stride, padding)
+        n, c, oh, ow = g[0], g[1], g[10], g[11]
+        y = self._empty((n, c, oh, ow))
+        argmax = self.xp.empty((n, c, oh, ow), dtype=np.int32)
+        self._launch_flat("maxpool2d_forward", y.size, y, argmax, x, *_i32(*g))
+        return y, argmax
+
+    def maxpool2d_backward(self, dy, argmax, x_shape):
+        """dx (N, C, H, W): every dy added at its window's argmax (overlaps add up)."""
+        (dy,) = self._float32("maxpool2d_backward", dy)
+        if argmax.dtype != np.int32 or argmax.shape != dy.shape:
+            raise ValueError(f"maxpool2d_backward: argmax must be int32 of shape {dy.shape}, got "
+                             f"{argmax.dtype} {argmax.shape}")
+        argmax = argmax if argmax.flags.c_contiguous else self.xp.ascontiguousarray(argmax)
+        n, c, h, w = (int(v) for v in x_shape)
+        dx = self.xp.zeros((n, c, h, w), dtype=np.float32)
+        self._launch_flat("maxpool2d_backward", dy.size, dx, dy, argmax,
+                          *_i32(n * c, h * w, dy.shape[2] * dy.shape[3]))
+        return dx
+
+    def avgpool2d_forward(self, x, kernel, stride, padding):
+        """y (N, C, OH, OW): zero-padded window sums divided by KH*KW."""
+        (x,) = self._float32("avgpool2d_forward", x)
+        g = self._pool_geometry("avgpool2d_forward", x.shape, kernel, stride, padding)
+        y = self._empty((g[0], g[1], g[10], g[11]))
+        self._launch_flat("avgpool2d_forward", y.size, y, x, *_i32(*g))
+        return y
+
+    def avgpool2d_backward(self, dy, x_shape, kernel, stride, padding):
+        """dx (N, C, H, W): each dy / (KH*KW) spread over its window."""
+        (dy,) = self._float32("avgpool2d_backward", dy)
+        g = self._pool_geometry("avgpool2d_backward", x_shape, kernel, stride, padding)
+        if tuple(dy.shape) != (g[0], g[1], g[10], g[11]):
+            raise ValueError(f"avgpool2d_backward: dy has shape {dy.shape}, expected {(g[0], g[1], g[10], g[11])}")
+        dx = self._empty(tuple(int(v) for v in x_shape))
+        self._launch_flat("avgpool2d_backward", dx.size, dx, dy, *_i32(*g))
+        return dx
+
+    # ---- dense (cuBLAS through xp.matmul) ---------------------------------------------
+    def dense_forward(self, x, w, b):
+        """y (N, O) = x (N, I) @ w.T + b."""
+        x, w = self._float32("dense_forward", x, w)
+        y = self.xp.matmul(x, w.T)
+        if b is not None:
+            (b,) = self._float32("dense_forward", b)
+            self._launch_flat("add_channel_bias", y.size, y, b, *_i32(y.shape[0], y.shape[1], 1))
+        return y
+
+    def dense_backward(self, dy, x, w):
+        """(dx (N, I), dw (O, I), db (O,)) for dy (N, O)."""
+        dy, x, w = self._float32("dense_backward", dy, x, w)
+        dx = self.xp.matmul(dy, w)
+        dw = self.xp.matmul(dy.T, x)
+        db = self._channel_sum(dy, dy.shape[0], dy.shape[1], 1)
+        return dx, dw, db
+
+    # ---- activations ------------------------------------------------------------------
+    def relu_forward(self, x):
+        return self._unary("relu_forward", x)
+
+    def relu_backward(self, dy, y):
+        return self._binary_backward("relu_backward", dy, y)
+
+    def sigmoid_forward(self, x):
+        return self._unary("sigmoid_forward", x)
+
+    def sigmoid_backward(self, dy, y):
+        return self._binary_backward("sigmoid_backward", dy, y)
+
+    def tanh_forward(self, x):
+        return self._unary("tanh_forward", x)
+
+    def tanh_backward(self, dy, y):
+        return self._binary_backward("tanh_backward", dy, y)
+
+    def softplus_forward(self, x):
+        return self._unary("softplus_forward", x)
+
+    def softplus_backward(self, dy, x):
+        return self._binary_backward("softplus_backward", dy, x)
+
+    def gelu_forward(self, x):
+        return self._unary("gelu_forward", x)
+
+    def gelu_backward(self, dy, x):
+        return self._binary_backward("gelu_backward", dy, x)
+
+    def dropout_forward(self, x, p, seed):
+        """(y, mask): inverted dropout with the shared counter-based hash of (seed, index)."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        if not 0 <= int(seed) < 2**32:
+            raise ValueError(f"dropout seed must be in [0, 2**32), got {seed}")
+        (x,) = self._float32("dropout_forward", x)
+        y, mask = self._empty(x.shape), self._empty(x.shape)
+        threshold = math.ceil(float(p) * 2**24)  # u >= p  <=>  (h >> 8) >= ceil(p * 2**24)
+        scale = np.float32(1.0 / (1.0 - float(p)))
+        self._launch_flat("dropout_forward", x.size, y, mask, x, np.int32(x.size),
+                          np.uint32(int(seed)), np.uint32(threshold), scale)
+        return y, mask
+
+    def dropout_backward(self, dy, mask):
+        return self._binary_backward("dropout_backward", dy, mask)
+
+    # ---- losses -----------------------------------------------------------------------
+    def _labels(self, op, labels, n):
+        if labels.ndim != 1 or labels.shape[0] != n:
+            raise ValueError(f"{op}: labels must have shape ({n},), got {tuple(labels.shape)}")
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"{op}: labels must be integers, got {labels.dtype}")
+        return self.xp.ascontiguousarray(labels, dtype=np.int32)
+
+    def softmax_cross_entropy_forward(self, logits, labels, label_smoothing):
+        """(loss 0-d device array, probs (N, K)); a label outside [0, K) gives a NaN loss."""
+        (logits,) = self._float32("softmax_cross_entropy_forward", logits)
+        n, k = logits.shape
+        labels = self._labels("softmax_cross_entropy_forward", labels, n)
+        probs = self._empty((n, k))
+        row_loss = self._empty((n,))
+        self._launch_flat("softmax_xent_forward", n, probs, row_loss, logits, labels,
+                          *_i32(n, k), np.float32(label_smoothing))
+        loss = self._empty(())
+        self.launcher.launch("scaled_sum", (1,), (self.reduction_threads,),
+                             (loss, row_loss, np.int32(n), np.float32(1.0 / n)))
+        return loss, probs
+
+    def softmax_cross_entropy_backward(self, probs, labels, label_smoothing):
+        """dlogits (N, K) = (probs - t) / N."""
+        (probs,) = self._float32("softmax_cross_entropy_backward", probs)
+        n, k = probs.shape
+        labels = self._labels("softmax_cross_entropy_backward", labels, n)
+        d = self._empty((n, k))
+        self._launch_flat("softmax_xent_backward", d.size, d, probs, labels, *_i32(n, k),
+                          np.float32(label_smoothing), np.float32(1.0 / n))
+        return d
+
+    def mse_forward(self, pred, target):
+        """0-d mean over all elements of (pred - target)**2."""
+        pred, target = self._float32("mse_forward", pred, target)
+        if pred.shape != target.shape:
+            raise ValueError(f"mse_forward: pred shape {pred.shape} differs from target shape {target.shape}")
+        loss = self._empty(())
+        self.launcher.launch("scaled_sum_sq_diff", (1,), (self.reduction_threads,),
+                             (loss, pred, target, np.int32(pred.size), np.float32(1.0 / pred.size)))
+        return loss
+
+    def mse_backward(self, pred, target):
+        """dpred = 2 * (pred - target) / pred.size."""
+        pred, target = self._float32("mse_backward", pred, target)
+        if pred.shape != target.shape:
+            raise ValueError(f"mse_backward: pred shape {pred.shape} differs from target shape {target.shape}")
+        d = self._empty(pred.shape)
+        self._launch_flat("mse_backward", d.size, d, pred, target, np.int32(d.size), np.float32(2.0 / pred.size))
+        return d
+
+    # ---- optimizer --------------------------------------------------------------------
+    def sgd_update(self, param, grad, velocity, lr, momentum, nesterov, weight_decay):
+        """In place: param -= lr * step (see gpucnn.ops); velocity is None when momentum == 0."""
+        for name, a in (("param", param), ("velocity", velocity)):
+            if a is not None and (a.dtype != np.float32 or not a.flags.c_contiguous):
+                raise TypeError(f"sgd_update: {name} must be a C-contiguous float32 array (updated in place), "
+                                f"got {a.dtype}" + ("" if a.dtype != np.float32 else " non-contiguous")
+                                + " (use the numpy backend for float64)")
+        (grad,) = self._float32("sgd_update", grad)
+        if grad.shape != param.shape or (velocity is not None and velocity.shape != param.shape):
+            raise ValueError("sgd_update: param, grad and velocity must have the same shape")
+        has_velocity = bool(momentum) and velocity is not None
+        if momentum and velocity is None:
+            raise ValueError("sgd_update: momentum > 0 needs a velocity array")
+        self._launch_flat("sgd_update", param.size, param, velocity if has_velocity else param, grad,
+                          np.int32(param.size), np.float32(lr), np.float32(momentum),
+                          np.float32(weight_decay), np.int32(bool(nesterov)), np.int32(has_velocity))
+
+    # ---- batch normalization ----------------------------------------------------------
+    def batchnorm2d_forward(self, x, gamma, beta, eps):
+        """(y, mean (C,), invstd (C,), var_unbiased (C,)) from the batch statistics."""
+        x, gamma, beta = self._float32("batchnorm2d_forward", x, gamma, beta)
+        n, c, h, w = x.shape
+        y = self._empty(x.shape)
+        mean, invstd, var = self._empty((c,)), self._empty((c,)), self._empty((c,))
+        self.launcher.launch("batchnorm2d_forward", (c,), (self.reduction_threads,),
+                             (y, mean, invstd, var, x, gamma, beta, *_i32(n, c, h * w), np.float32(eps)))
+        return y, mean, invstd, var
+
+    def batchnorm2d_inference(self, x, gamma, beta, running_mean, running_var, eps):
+        """y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta."""
+        x, gamma, beta, rm, rv = self._float32("batchnorm2d_inference", x, gamma, beta, running_mean, running_var)
+        n, c, h, w = x.shape
+        y = self._empty(x.shape)
+        self._launch_flat("batchnorm2d_inference", y.size, y, x, gamma, beta, rm, rv,
+                          *_i32(n, c, h * w), np.float32(eps))
+        return y
+
+    def batchnorm2d_backward(self, dy, x, gamma, mean, invstd):
+        """(dx, dgamma, dbeta) for training-mode batch normalization."""
+        dy, x, gamma, mean, invstd = self._float32("batchnorm2d_backward", dy, x, gamma, mean, invstd)
+        n, c, h, w = x.shape
+        dx = self._empty(x.shape)
+        dgamma, dbeta = self._empty((c,)), self._empty((c,))
+        self.launcher.launch("batchnorm2d_backward", (c,), (self.reduction_threads,),
+                             (dx, dgamma, dbeta, dy, x, gamma, mean, invstd, *_i32(n, c, h * w)))
+        return dx, dgamma, dbeta
+
