@@ -12,6 +12,7 @@ import pytest
 from gpucnn import backend as backend_module
 from gpucnn.ops import ALL_OPS
 from gpucnn.ops import numpy_ops as ref
+from gpucnn.ops.kernel_ops import VARIANTS
 
 BACKENDS = ["emulated", pytest.param("cuda", marks=pytest.mark.gpu)]
 RTOL, ATOL = 2e-5, 2e-5
@@ -54,7 +55,7 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("variant", ["im2col_gemm", "igemm", "direct"])
+@pytest.mark.parametrize("variant", VARIANTS["conv2d_forward"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}")
 def test_conv2d_forward(kb, case, variant):
     (n, c, h, w), (o, kh, kw), stride, padding = case
@@ -67,7 +68,7 @@ def test_conv2d_forward(kb, case, variant):
         close(kb, got, ref.conv2d_forward(x, wt, bias, stride, padding))
 
 
-@pytest.mark.parametrize("variant", ["gemm_col2im", "igemm", "direct"])
+@pytest.mark.parametrize("variant", VARIANTS["conv2d_backward_data"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}")
 def test_conv2d_backward_data(kb, case, variant):
     (n, c, h, w), (o, kh, kw), stride, padding = case
@@ -80,7 +81,7 @@ def test_conv2d_backward_data(kb, case, variant):
     close(kb, got, ref.conv2d_backward_data(dy, wt, (n, c, h, w), stride, padding))
 
 
-@pytest.mark.parametrize("variant", ["im2col_gemm", "igemm", "direct"])
+@pytest.mark.parametrize("variant", VARIANTS["conv2d_backward_filter"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}")
 def test_conv2d_backward_filter_and_bias(kb, case, variant):
     (n, c, h, w), (o, kh, kw), stride, padding = case
@@ -95,6 +96,24 @@ def test_conv2d_backward_filter_and_bias(kb, case, variant):
     got = kb.ops.conv2d_backward_filter(kb.asarray(dy), kb.asarray(x), (o, c, kh, kw), stride, padding)
     close(kb, got, ref.conv2d_backward_filter(dy, x, (o, c, kh, kw), stride, padding))
     close(kb, kb.ops.conv2d_backward_bias(kb.asarray(dy)), ref.conv2d_backward_bias(dy))
+
+
+@pytest.mark.parametrize(
+    "op, out_channels, reduction, expected",
+    [
+        ("conv2d_forward", 6, 75, "direct"),  # LeNet-5 conv1: thin GEMM
+        ("conv2d_backward_data", 16, 150, "igemm"),
+        ("conv2d_backward_filter", 16, 150, "igemm"),
+        ("conv2d_forward", 128, 576, "im2col_gemm"),  # VGG 3x3, 64 -> 128: cuBLAS
+        ("conv2d_backward_data", 128, 576, "gemm_col2im"),
+        ("conv2d_backward_filter", 64, 27, "igemm"),  # reduction 3*3*3 too short for cuBLAS
+    ],
+)
+def test_auto_variant_choice(kb, op, out_channels, reduction, expected):
+    kb.ops.set_variant(op, "auto")
+    assert kb.ops._pick(op, out_channels, reduction) == expected
+    kb.ops.set_variant(op, "direct")
+    assert kb.ops._pick(op, out_channels, reduction) == "direct"
 
 
 @pytest.mark.parametrize("min_chunks", [1, 8, 10**6])

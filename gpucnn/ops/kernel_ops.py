@@ -7,10 +7,14 @@ pointing at the numpy backend). Nothing here copies to the host: losses come bac
 0-d device arrays reduced on the device.
 
 Convolution variants (``ops.variants``, ``ops.set_variant(op, name)``):
-  conv2d_forward          im2col_gemm (default) | igemm | direct
-  conv2d_backward_data    gemm_col2im (default) | igemm | direct
-  conv2d_backward_filter  im2col_gemm (default) | igemm | direct
+  conv2d_forward          auto (default) | im2col_gemm | igemm | direct
+  conv2d_backward_data    auto (default) | gemm_col2im | igemm | direct
+  conv2d_backward_filter  auto (default) | im2col_gemm | igemm | direct
   conv2d_backward_bias    channel_sum
+``auto`` picks per call from the GEMM shape, by what the H100 benchmark measured
+(benchmarks/results/): thin GEMMs (fewer than 32 output channels or a reduction
+C*KH*KW under 64, as in LeNet-5) go to the tiled kernels (``direct`` forward, ``igemm``
+backward), where cuBLAS cannot amortise the column buffer; wider ones go to cuBLAS.
 ``im2col_gemm``/``gemm_col2im`` lower to a column buffer (kernels) and multiply with
 xp.matmul (cuBLAS on the GPU), processing the batch in chunks that keep the buffer under
 ``col_buffer_bytes``; ``igemm`` are the shared-memory tiled implicit-GEMM kernels (no
@@ -29,9 +33,9 @@ IGEMM_TILE = 64
 IGEMM_TILE_K = 16
 
 VARIANTS = {
-    "conv2d_forward": ("im2col_gemm", "igemm", "direct"),
-    "conv2d_backward_data": ("gemm_col2im", "igemm", "direct"),
-    "conv2d_backward_filter": ("im2col_gemm", "igemm", "direct"),
+    "conv2d_forward": ("auto", "im2col_gemm", "igemm", "direct"),
+    "conv2d_backward_data": ("auto", "gemm_col2im", "igemm", "direct"),
+    "conv2d_backward_filter": ("auto", "im2col_gemm", "igemm", "direct"),
     "conv2d_backward_bias": ("channel_sum",),
 }
 
@@ -122,6 +126,15 @@ class KernelOps:
             raise ValueError(f"{op}: input {h}x{w} (padding {ph},{pw}) is smaller than the kernel {kh}x{kw}")
         return n, c, h, w, o, kh, kw, sh, sw, ph, pw, oh, ow
 
+    def _pick(self, op: str, out_channels: int, reduction: int) -> str:
+        """The variant to run for ``op``; resolves ``auto`` from the GEMM's M and K sizes."""
+        variant = self._variant[op]
+        if variant != "auto":
+            return variant
+        if out_channels < 32 or reduction < 64:
+            return "direct" if op == "conv2d_forward" else "igemm"
+        return VARIANTS[op][1]
+
     def _chunk(self, n: int, per_image_floats: int) -> int:
         return max(1, min(n, self.col_buffer_bytes // max(1, 4 * per_image_floats)))
 
@@ -133,7 +146,7 @@ class KernelOps:
         g = self._conv_geometry("conv2d_forward", x.shape, w.shape, stride, padding)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = g
         y = self._empty((n, o, oh, ow))
-        variant = self._variant["conv2d_forward"]
+        variant = self._pick("conv2d_forward", o, c * kh * kw)
         bias = b if b is not None else w
         if variant == "direct":
             self._launch_flat("conv2d_forward_direct", y.size, y, x, w, bias, np.int32(b is not None), *_i32(*g))
@@ -163,7 +176,7 @@ class KernelOps:
         if tuple(dy.shape) != (n, o, oh, ow):
             raise ValueError(f"conv2d_backward_data: dy has shape {dy.shape}, expected {(n, o, oh, ow)}")
         dx = self._empty((n, c, h, wd))
-        variant = self._variant["conv2d_backward_data"]
+        variant = self._pick("conv2d_backward_data", o, c * kh * kw)
         if variant == "direct":
             self._launch_flat("conv2d_backward_data_direct", dx.size, dx, dy, w, *_i32(*g))
         elif variant == "igemm":
@@ -193,7 +206,7 @@ class KernelOps:
             raise ValueError(f"conv2d_backward_filter: dy has shape {dy.shape}, expected {(n, o, oh, ow)}")
         k, p = c * kh * kw, oh * ow
         dw = self._empty((o, c, kh, kw))
-        variant = self._variant["conv2d_backward_filter"]
+        variant = self._pick("conv2d_backward_filter", o, k)
         if variant == "direct":
             self.launcher.launch("conv2d_backward_filter_direct", (dw.size,), (self.reduction_threads,),
                                  (dw, dy, x, *_i32(*g)))
