@@ -11,6 +11,9 @@ class SoftmaxCrossEntropy:
     """Mean over the batch of -sum_k t_k log softmax(logits)_k, t = (1-eps)*onehot + eps/K.
 
     logits (N, K) float, labels (N,) integers in [0, K). Gradient: (softmax - t) / N.
+    Labels in host memory are range-checked (ValueError); labels already on a GPU are not,
+    since that check would stall the device every batch: there the kernel makes the loss
+    NaN for an out-of-range label, which the trainer reports.
     """
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
@@ -31,7 +34,7 @@ class SoftmaxCrossEntropy:
             raise ValueError(f"SoftmaxCrossEntropy: expected labels of shape ({n},), got {tuple(labels.shape)}")
         if np.dtype(labels.dtype).kind not in "iu":
             raise ValueError(f"SoftmaxCrossEntropy: labels must be integers, got {np.dtype(labels.dtype).name}")
-        if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        if n and isinstance(labels, np.ndarray) and (int(labels.min()) < 0 or int(labels.max()) >= k):
             raise ValueError(
                 f"SoftmaxCrossEntropy: labels must be in [0, {k}), got values in "
                 f"[{int(labels.min())}, {int(labels.max())}]"

@@ -1,0 +1,1 @@
+"""Ready-made training configs (TOML), shipped inside the wheel as ``gpucnn.configs``."""

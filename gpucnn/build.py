@@ -1,0 +1,108 @@
+"""Build a Sequential model from the ``model.layers`` list of a validated config.
+
+Each entry's ``in_channels`` / ``in_features`` / ``num_features`` is inferred from the
+per-sample shape flowing out of the previous layer (starting at the dataset's (C, H, W)),
+so a config names only output sizes. Shape problems (a kernel larger than its input at
+that depth, a dense layer fed an image, a last layer that does not give one logit per
+class) are ``ConfigError``s naming the entry, e.g. ``model.layers[3].kernel_size``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpucnn import layers as L
+from gpucnn.errors import ConfigError
+from gpucnn.model import Sequential
+
+_SIMPLE = {
+    "relu": L.ReLU,
+    "sigmoid": L.Sigmoid,
+    "tanh": L.Tanh,
+    "softplus": L.Softplus,
+    "gelu": L.GELU,
+    "flatten": L.Flatten,
+}
+
+
+def _spatial_check(key: str, spec: dict, shape: tuple[int, ...], what: str) -> None:
+    """Reject a kernel/window that does not fit in the (padded) input of this layer."""
+    if len(shape) != 3:
+        raise ConfigError(
+            f"{key}: a {spec['type']} layer needs an image input (C, H, W), but the previous layers give "
+            f"{shape}; put it before the flatten layer"
+        )
+    kh, kw = _pair(spec["kernel_size"])
+    ph, pw = _pair(spec.get("padding", 0))
+    h, w = shape[1], shape[2]
+    if kh > h + 2 * ph or kw > w + 2 * pw:
+        raise ConfigError(
+            f"{key}.kernel_size: got {spec['kernel_size']!r}, but the {what} input at this depth is {h}x{w}"
+            + (f" (padded to {h + 2 * ph}x{w + 2 * pw})" if ph or pw else "")
+            + f"; use a kernel of at most {h + 2 * ph}x{w + 2 * pw}, more padding, or less downsampling before it"
+        )
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def build_layer(spec: dict, shape: tuple[int, ...], key: str, rng: np.random.Generator, dtype=np.float32):
+    """One layer for ``spec`` given the per-sample input ``shape``."""
+    kind = spec["type"]
+    if kind == "conv2d":
+        _spatial_check(key, spec, shape, "conv2d")
+        return L.Conv2D(shape[0], spec["out_channels"], spec["kernel_size"], stride=spec["stride"],
+                        padding=spec["padding"], dtype=dtype, rng=rng, bias=spec["bias"], init=spec["init"])
+    if kind in ("maxpool2d", "avgpool2d"):
+        _spatial_check(key, spec, shape, kind)
+        cls = L.MaxPool2D if kind == "maxpool2d" else L.AvgPool2D
+        return cls(spec["kernel_size"], stride=spec.get("stride"), padding=spec["padding"])
+    if kind == "dense":
+        if len(shape) != 1:
+            raise ConfigError(
+                f"{key}: a dense layer needs a flat input, but the previous layers give {shape}; "
+                f'add {{type = "flatten"}} before it'
+            )
+        return L.Dense(shape[0], spec["out_features"], dtype=dtype, rng=rng, bias=spec["bias"], init=spec["init"])
+    if kind == "batchnorm2d":
+        if len(shape) != 3:
+            raise ConfigError(f"{key}: batchnorm2d needs an image input (C, H, W), but the previous layers give {shape}")
+        return L.BatchNorm2D(shape[0], eps=spec["eps"], momentum=spec["momentum"], affine=spec["affine"], dtype=dtype)
+    if kind == "dropout":
+        return L.Dropout(spec["p"], rng=rng)
+    if kind == "scale":
+        return L.Scale(spec["factor"])
+    return _SIMPLE[kind]()
+
+
+def build_model(config: dict, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None) -> Sequential:
+    """The model of a validated config for per-sample ``input_shape`` (C, H, W).
+
+    Weights are drawn in layer order from ``np.random.default_rng(seed)`` (``seed`` defaults
+    to ``training.seed``), so the same config and seed give the same initial model.
+    """
+    rng = np.random.default_rng(config["training"]["seed"] if seed is None else seed)
+    shape = tuple(int(s) for s in input_shape)
+    built = []
+    specs = config["model"]["layers"]
+    for i, spec in enumerate(specs):
+        key = f"model.layers[{i}]"
+        try:
+            layer = build_layer(spec, shape, key, rng)
+            shape = tuple(layer.output_shape(shape))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        built.append(layer)
+    if shape != (num_classes,):
+        last = len(specs) - 1
+        if specs[last]["type"] == "dense" and len(shape) == 1:
+            raise ConfigError(
+                f"model.layers[{last}].out_features: got {shape[0]}, but the dataset has {num_classes} classes; "
+                f"the last layer must give one logit per class"
+            )
+        raise ConfigError(
+            f"model.layers[{last}]: the model must end in one logit per class, shape ({num_classes},), "
+            f"but it gives {shape}; end with {{type = \"dense\", out_features = {num_classes}}}"
+        )
+    return Sequential(built)

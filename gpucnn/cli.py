@@ -1,0 +1,287 @@
+"""The ``gpucnn`` command: train, evaluate, info (and bench, from gpucnn.bench.command).
+
+User errors (``GpucnnError``) print one line on stderr and exit 1, or 2 for a bad config
+or option (``ConfigError``, click usage errors); Ctrl-C during training saves last.npz and
+exits 130. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import platform
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+import gpucnn
+from gpucnn import backend as backend_module
+from gpucnn.errors import ConfigError, GpucnnError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+DEVICE_CHOICES = ["auto", "cpu", "numpy", "cuda", "gpu", "emulated"]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn user errors into one line on stderr and an exit code; no traceback."""
+    from gpucnn.train import is_out_of_memory
+
+    try:
+        yield
+    except ConfigError as exc:
+        click.echo(f"gpucnn: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except GpucnnError as exc:
+        click.echo(f"gpucnn: error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        click.echo("gpucnn: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            click.echo(f"gpucnn: error: out of device memory ({exc}); try a smaller --batch-size", err=True)
+            sys.exit(EXIT_ERROR)
+        raise
+
+
+class _Group(click.Group):
+    """The command group; ``bench`` is imported from gpucnn.bench.command only when used."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), "bench"})
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and name == "bench":
+            command = _load_bench()
+        return command
+
+
+def _load_bench() -> click.Command:
+    """gpucnn.bench.command's ``bench``, or a stand-in that explains why it cannot load."""
+    try:
+        from gpucnn.bench.command import bench
+
+        return bench
+    except Exception as exc:  # a missing or broken bench module must not break train/evaluate/info
+        message = f"{type(exc).__name__}: {exc}"
+
+    @click.command(name="bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def bench_unavailable() -> None:
+        """Benchmarks (unavailable: the bench module failed to load)."""
+        click.echo(f"gpucnn: error: the bench command could not be loaded ({message})", err=True)
+        sys.exit(EXIT_ERROR)
+
+    return bench_unavailable
+
+
+@click.group(name="gpucnn", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(gpucnn.__version__, prog_name="gpucnn")
+def cli() -> None:
+    """Train and evaluate convolutional networks on hand-written CUDA kernels (NumPy fallback)."""
+
+
+def _device_option(f):
+    return click.option("--device", type=click.Choice(DEVICE_CHOICES, case_sensitive=False), default=None,
+                        help="Compute backend: auto (cuda if usable, else numpy), cpu/numpy, cuda, emulated.")(f)
+
+
+@cli.command()
+@click.option("--config", "config_source", metavar="PATH|NAME", default=None,
+              help="TOML config file, or the name of a shipped config (lenet5, cifar10-vgg, digits). "
+                   "Default: lenet5 (LeNet-5 on CIFAR-10).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where datasets are kept.")
+@_device_option
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs (training.epochs).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (data.batch_size).")
+@click.option("--lr", type=float, default=None, help="Base learning rate (optimizer.lr).")
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=None, help="Run seed (training.seed).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output directory (default: runs/<config>-<time>, or the checkpoint's directory with --resume).")
+@click.option("--resume", type=click.Path(dir_okay=False), default=None,
+              help="Continue from a checkpoint (its config is used; options and --set still apply).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key by dotted name, e.g. --set optimizer.lr=0.05 (value as a TOML literal).")
+def train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overrides) -> None:
+    """Train a model from a config; writes config.toml, metrics.jsonl, last.npz and best.npz to --out."""
+    with user_errors():
+        status = _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overrides)
+    if status == "interrupted":
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overrides) -> str:
+    from gpucnn.checkpoint import load_checkpoint
+    from gpucnn.config import apply_overrides, load_config, validate_config
+    from gpucnn.train import Trainer
+
+    checkpoint = None
+    if resume:
+        if config_source:
+            raise click.UsageError("--resume takes the config stored in the checkpoint; drop --config "
+                                   "(use --set to change single keys)")
+        checkpoint = load_checkpoint(resume)
+        config = checkpoint.config
+        stem = Path(resume).parent.name
+    else:
+        config = load_config(config_source)
+        stem = Path(config_source).stem if config_source else "lenet5"
+    options = {"data.data_dir": data_dir, "training.device": device, "training.epochs": epochs,
+               "data.batch_size": batch_size, "optimizer.lr": lr, "training.seed": seed}
+    config = apply_overrides(config, [f"{k}={_toml_literal(v)}" for k, v in options.items() if v is not None])
+    config = validate_config(apply_overrides(config, list(overrides)))
+    if checkpoint is not None and config["training"]["seed"] != checkpoint.seed:
+        click.echo(f"gpucnn: note: seed changed from {checkpoint.seed} to {config['training']['seed']}; "
+                   "the rest of the run will not match the original one", err=True)
+
+    backend = backend_module.set_backend(config["training"]["device"])
+    dataset = _load_dataset(config)
+    out_dir = Path(out) if out else (Path(resume).parent if resume else
+                                     Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    trainer = Trainer(config, dataset, out_dir, checkpoint=checkpoint, echo=click.echo)
+    click.echo(f"device: {backend.device_name} ({backend.name} backend)")
+    click.echo(f"data: {dataset.name}, {len(dataset.y_train)} train / {len(dataset.y_test)} test images "
+               f"{dataset.image_shape}, {len(trainer.train_loader)} batches of {config['data']['batch_size']}")
+    click.echo(trainer.model.summary(dataset.image_shape))
+    if checkpoint is not None:
+        p = checkpoint.progress
+        click.echo(f"resuming from {resume}: epoch {p.epoch} done, step {p.step_in_epoch} of the next")
+        if p.epoch >= config["training"]["epochs"]:
+            click.echo(f"note: the checkpoint has finished all {config['training']['epochs']} epochs; "
+                       f"pass --epochs N (N > {p.epoch}) to train longer")
+    click.echo(f"output: {out_dir}")
+    result = trainer.fit()
+    if result.status == "completed":
+        best = f"{100 * result.best_test_acc:.2f}%" if result.best_test_acc >= 0 else "n/a"
+        click.echo(f"done: {result.epochs_done} epochs, best test accuracy {best}; checkpoints in {out_dir}")
+    return result.status
+
+
+def _toml_literal(value) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def _load_dataset(config: dict):
+    from gpucnn.data import load_dataset
+
+    data = config["data"]
+    return load_dataset(data["dataset"], data_dir=data["data_dir"] or None, download=data["download"],
+                        progress=sys.stderr.isatty())
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where datasets are kept.")
+@_device_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Evaluation batch size.")
+@click.option("--tta", is_flag=True, help="Test-time augmentation: average the prediction with the mirrored image.")
+def evaluate(checkpoint, data_dir, device, batch_size, tta) -> None:
+    """Test loss, accuracy and per-class accuracy of a checkpoint (its config says model and data)."""
+    with user_errors():
+        _evaluate(checkpoint, data_dir, device, batch_size, tta)
+
+
+def _evaluate(path, data_dir, device, batch_size, tta) -> None:
+    from gpucnn.build import build_model
+    from gpucnn.checkpoint import load_checkpoint, restore
+    from gpucnn.data import BatchLoader
+    from gpucnn.losses import SoftmaxCrossEntropy
+    from gpucnn.metrics import per_class_table
+    from gpucnn.train import evaluate_model
+
+    ckpt = load_checkpoint(path)
+    config = ckpt.config
+    if data_dir is not None:
+        config["data"]["data_dir"] = data_dir
+    backend = backend_module.set_backend(device or config["training"]["device"])
+    dataset = _load_dataset(config)
+    model = build_model(config, dataset.image_shape, dataset.num_classes)
+    restore(ckpt, model, None, path)
+    loader = BatchLoader(dataset.x_test, dataset.y_test, batch_size or config["data"]["eval_batch_size"], backend,
+                         ckpt.mean, ckpt.std, shuffle=False)
+    loss_fn = SoftmaxCrossEntropy(label_smoothing=config["loss"]["label_smoothing"])
+    start = time.perf_counter()
+    result = evaluate_model(model, loss_fn, loader, dataset.num_classes, tta=tta)
+    seconds = time.perf_counter() - start
+    click.echo(f"checkpoint: {path} (epoch {ckpt.progress.epoch}), device: {backend.device_name}")
+    click.echo(f"test loss {result.loss:.4f}  accuracy {100 * result.accuracy:.2f}%  "
+               f"({len(dataset.y_test)} images{', mirrored TTA' if tta else ''}, {seconds:.1f}s)")
+    click.echo(per_class_table(result.confusion, dataset.classes))
+
+
+@cli.command()
+def info() -> None:
+    """Versions, the backend auto would pick and why, GPU, and whether the kernels compile."""
+    click.echo(f"gpucnn {gpucnn.__version__} ({Path(gpucnn.__file__).parent})")
+    click.echo(f"python {platform.python_version()} ({sys.executable})")
+    click.echo(f"numpy {np.__version__}")
+    click.echo(f"cupy {_cupy_version()}")
+    reason = backend_module.cuda_unavailable_reason()
+    if reason is None:
+        click.echo("backend (auto): cuda")
+        try:
+            cuda = backend_module.create_backend("cuda")
+            free, total = cuda.xp.cuda.Device().mem_info
+            click.echo(f"gpu: {cuda.device_name}, {total / 2**30:.1f} GiB memory ({free / 2**30:.1f} GiB free)")
+        except Exception as exc:  # report, do not crash: info is the diagnosis tool
+            click.echo(f"gpu: present but not usable: {exc}")
+    else:
+        click.echo(f"backend (auto): numpy, because {reason}")
+        click.echo("gpu: none")
+    click.echo(f"kernels: {_kernel_check()}")
+
+
+def _cupy_version() -> str:
+    for dist in ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"):
+        try:
+            return f"{importlib.metadata.version(dist)} ({dist})"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def _kernel_check() -> str:
+    """Whether every kernels/*.cu compiles with NVRTC (gpucnn.cuda.nvrtc_check), in one line."""
+    try:
+        from gpucnn.cuda import nvrtc_check
+    except Exception as exc:
+        return f"compile check unavailable ({type(exc).__name__}: {exc})"
+    try:
+        if callable(nvrtc_check):
+            return str(nvrtc_check())
+        if nvrtc_check.load_nvrtc() is None:
+            return "not checked: libnvrtc not found (pip install nvidia-cuda-nvrtc, or set GPUCNN_NVRTC)"
+        version = nvrtc_check.nvrtc_version()
+        results = nvrtc_check.check_all()
+    except Exception as exc:
+        return f"compile check failed: {type(exc).__name__}: {exc}"
+    files = sorted({r.file for r in results})
+    archs = sorted({r.arch for r in results})
+    failed = [r for r in results if not r.ok]
+    where = f"NVRTC {version[0]}.{version[1]}" if version else "NVRTC"
+    if not failed:
+        return f"all {len(files)} kernel files compile with {where} for {', '.join(archs)}"
+    first = failed[0]
+    detail = first.log.strip().splitlines()[0] if first.log.strip() else "no log"
+    return (f"{len(failed)} of {len(results)} compiles FAILED with {where}; first: {first.file} "
+            f"({first.arch}): {detail}")
+
+
+def main() -> None:
+    cli(prog_name="gpucnn")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Running loss/accuracy sums kept on the device, confusion matrices, and the metrics log.
+
+``RunningMetrics`` adds each batch's loss and correct count to device scalars, so a training
+step never waits for the GPU; ``read()`` copies them to the host (one sync) when the caller
+wants numbers (every ``log_every`` steps and at the end of an epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from gpucnn.config import write_text_atomic
+
+
+class RunningMetrics:
+    """Sums of loss * batch, correct predictions and samples, accumulated on ``backend``."""
+
+    def __init__(self, backend, start: np.ndarray | None = None) -> None:
+        self.backend = backend
+        xp = backend.xp
+        start = np.zeros(3) if start is None else np.asarray(start, dtype=np.float64)
+        self._loss = xp.asarray(start[0], dtype=xp.float64)
+        self._correct = xp.asarray(int(start[1]), dtype=xp.int64)
+        self.samples = int(start[2])
+
+    def update(self, loss, logits, labels) -> None:
+        """Add a batch: ``loss`` a 0-d mean loss, ``logits`` (B, K), ``labels`` (B,) ints (device arrays)."""
+        xp = self.backend.xp
+        batch = int(labels.shape[0])
+        self._loss = self._loss + loss.astype(xp.float64) * batch
+        self._correct = self._correct + (xp.argmax(logits, axis=1) == labels).sum()
+        self.samples += batch
+
+    def sums(self) -> np.ndarray:
+        """(3,) float64 host copy: loss sum, correct count, samples (synchronizes)."""
+        return np.array([float(self._loss), float(self._correct), float(self.samples)])
+
+    def read(self) -> tuple[float, float]:
+        """(mean loss, accuracy) so far; nan when no sample was seen (synchronizes)."""
+        loss_sum, correct, samples = self.sums()
+        if samples == 0:
+            return math.nan, math.nan
+        return loss_sum / samples, correct / samples
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int, xp=np):
+    """(K, K) int64 counts, rows = true class, columns = predicted class (on ``xp``'s device)."""
+    flat = y_true.astype(xp.int64) * num_classes + y_pred.astype(xp.int64)
+    return xp.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_table(confusion: np.ndarray, classes: list[str]) -> str:
+    """A text table: class, test images, correct, accuracy; then the overall line."""
+    confusion = np.asarray(confusion)
+    totals = confusion.sum(axis=1)
+    correct = np.diag(confusion)
+    width = max(len("class"), *(len(c) for c in classes), len("overall"))
+    lines = [f"{'class':<{width}}  {'images':>7}  {'correct':>7}  {'accuracy':>8}"]
+    lines.append("-" * len(lines[0]))
+    for name, n, c in zip(classes, totals, correct):
+        acc = f"{100.0 * c / n:7.2f}%" if n else "     n/a"
+        lines.append(f"{name:<{width}}  {n:>7d}  {c:>7d}  {acc:>8}")
+    lines.append("-" * len(lines[0]))
+    n, c = int(totals.sum()), int(correct.sum())
+    lines.append(f"{'overall':<{width}}  {n:>7d}  {c:>7d}  {100.0 * c / max(n, 1):7.2f}%")
+    return "\n".join(lines)
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per epoch, rewritten atomically after each epoch."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.records: list[dict] = []
+
+    def load_before(self, epoch: int) -> None:
+        """Keep the records of epochs < ``epoch`` from an existing file (when resuming)."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] < epoch:
+                kept.append(record)
+        self.records = kept
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        text = "".join(json.dumps(_jsonable(r), allow_nan=True) + "\n" for r in self.records)
+        write_text_atomic(self.path, text)
+
+
+def _jsonable(record: dict) -> dict:
+    """Non-finite floats become null so every line is strict JSON."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
