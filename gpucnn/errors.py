@@ -1,7 +1,8 @@
 """Exceptions that carry a user-facing, one-line message.
 
-The CLI prints ``str(error)`` for every ``GpucnnError`` (no traceback) and exits with
-code 1; programming errors (everything else) keep their traceback.
+The CLI prints ``str(error)`` for every ``GpucnnError`` on one line (no traceback) and
+exits with code 2 for a ``ConfigError`` (a usage error, like a bad option) and 1 for the
+rest; programming errors (everything else) keep their traceback.
 """
 
 
