@@ -64,7 +64,23 @@ class Clock:
         """Wait for queued work (no-op on the CPU)."""
 
 
-class CupyEventClock(Clock):
+class EventClock(Clock):
+    """Times with a pair of CUDA events (``start``/``end``) recorded on the current stream."""
+
+    def sample(self, fn, inner):
+        self.start.record()
+        for _ in range(inner):
+            fn()
+        self.end.record()
+        self.end.synchronize()
+        return self.elapsed_ms()
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds between the recorded start and end events."""
+        raise NotImplementedError
+
+
+class CupyEventClock(EventClock):
     """CUDA events from the backend's array module (``xp.cuda.Event``)."""
 
     name = "cuda-event"
@@ -77,16 +93,11 @@ class CupyEventClock(Clock):
     def sync(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
 
-    def sample(self, fn, inner):
-        self.start.record()
-        for _ in range(inner):
-            fn()
-        self.end.record()
-        self.end.synchronize()
+    def elapsed_ms(self) -> float:
         return float(self.xp.cuda.get_elapsed_time(self.start, self.end))
 
 
-class TorchEventClock(Clock):
+class TorchEventClock(EventClock):
     """CUDA events of PyTorch's current stream (for the torch peers on the GPU)."""
 
     name = "torch-cuda-event"
@@ -99,12 +110,7 @@ class TorchEventClock(Clock):
     def sync(self) -> None:
         self.torch.cuda.synchronize()
 
-    def sample(self, fn, inner):
-        self.start.record()
-        for _ in range(inner):
-            fn()
-        self.end.record()
-        self.end.synchronize()
+    def elapsed_ms(self) -> float:
         return float(self.start.elapsed_time(self.end))
 
 

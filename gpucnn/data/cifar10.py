@@ -75,14 +75,19 @@ def read_folder(folder: str | os.PathLike) -> Dataset:
     """Load an extracted ``cifar-10-batches-bin`` folder into a Dataset."""
     folder = Path(folder)
     train = [read_batch(folder / name) for name in TRAIN_FILES]
-    x_test, y_test = read_batch(folder / TEST_FILE)
+    return assemble_dataset(train, read_batch(folder / TEST_FILE), read_classes(folder / META_FILE))
+
+
+def assemble_dataset(train_parts, test, classes) -> Dataset:
+    """A CIFAR-10 Dataset from the parsed (images, labels) of each training file and the test file."""
+    x_test, y_test = test
     return Dataset(
         name="cifar10",
-        x_train=np.concatenate([x for x, _ in train]),
-        y_train=np.concatenate([y for _, y in train]),
+        x_train=np.concatenate([x for x, _ in train_parts]),
+        y_train=np.concatenate([y for _, y in train_parts]),
         x_test=x_test,
         y_test=y_test,
-        classes=read_classes(folder / META_FILE),
+        classes=list(classes),
     )
 
 

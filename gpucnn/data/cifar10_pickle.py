@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpucnn.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES, TEST_FILE, TRAIN_FILES
+from gpucnn.data.cifar10 import IMAGE_SHAPE, NUM_CLASSES, TEST_FILE, TRAIN_FILES, assemble_dataset
 from gpucnn.data.dataset import Dataset
 from gpucnn.errors import DataError
 
@@ -87,11 +87,4 @@ def read_pickle_folder(folder: str | os.PathLike) -> Dataset:
         raise DataError(f"CIFAR-10 file {folder / META_FILE} lacks 'label_names'") from exc
     if len(names) != NUM_CLASSES:
         raise DataError(f"CIFAR-10 file {folder / META_FILE} is corrupt: {len(names)} class names, expected 10")
-    return Dataset(
-        name="cifar10",
-        x_train=np.concatenate([x for x, _ in train]),
-        y_train=np.concatenate([y for _, y in train]),
-        x_test=x_test,
-        y_test=y_test,
-        classes=names,
-    )
+    return assemble_dataset(train, (x_test, y_test), names)
