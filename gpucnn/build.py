@@ -14,6 +14,7 @@ import numpy as np
 from gpucnn import layers as L
 from gpucnn.errors import ConfigError
 from gpucnn.model import Sequential
+from gpucnn.whitening import normalized_images, whitening_filters
 
 _SIMPLE = {
     "relu": L.ReLU,
@@ -47,9 +48,23 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-def build_layer(spec: dict, shape: tuple[int, ...], key: str, rng: np.random.Generator, dtype=np.float32):
-    """One layer for ``spec`` given the per-sample input ``shape``."""
+def build_layer(spec: dict, shape: tuple[int, ...], key: str, rng: np.random.Generator, dtype=np.float32,
+                whitening_images=None):
+    """One layer for ``spec`` given the per-sample input ``shape``.
+
+    ``whitening_images`` (N, C, H, W) normalized float: what a whitening_conv2d is fitted to
+    (None leaves its weight at the default draw, e.g. before loading a checkpoint).
+    """
     kind = spec["type"]
+    if kind == "whitening_conv2d":
+        _spatial_check(key, spec, shape, "whitening_conv2d")
+        kh, kw = _pair(spec["kernel_size"])
+        conv = L.Conv2D(shape[0], 2 * shape[0] * kh * kw, (kh, kw), dtype=dtype, rng=rng, bias=spec["bias"],
+                        init="fan_in_uniform")
+        if whitening_images is not None:
+            conv.set_param("W", whitening_filters(whitening_images[: spec["images"]], (kh, kw), spec["eps"]))
+        conv.frozen_params = {"W"}
+        return conv
     if kind == "conv2d":
         _spatial_check(key, spec, shape, "conv2d")
         return L.Conv2D(shape[0], spec["out_channels"], spec["kernel_size"], stride=spec["stride"],
@@ -68,7 +83,11 @@ def build_layer(spec: dict, shape: tuple[int, ...], key: str, rng: np.random.Gen
     if kind == "batchnorm2d":
         if len(shape) != 3:
             raise ConfigError(f"{key}: batchnorm2d needs an image input (C, H, W), but the previous layers give {shape}")
-        return L.BatchNorm2D(shape[0], eps=spec["eps"], momentum=spec["momentum"], affine=spec["affine"], dtype=dtype)
+        bn = L.BatchNorm2D(shape[0], eps=spec["eps"], momentum=spec["momentum"], affine=spec["affine"],
+                           dtype=dtype)
+        if spec.get("affine", True) and not spec.get("train_gamma", True):
+            bn.frozen_params = {"gamma"}
+        return bn
     if kind == "dropout":
         return L.Dropout(spec["p"], rng=rng)
     if kind == "scale":
@@ -76,7 +95,16 @@ def build_layer(spec: dict, shape: tuple[int, ...], key: str, rng: np.random.Gen
     return _SIMPLE[kind]()
 
 
-def build_model(config: dict, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None) -> Sequential:
+def whitening_input(config: dict, x_train: np.ndarray, mean, std):
+    """The normalized training images a first whitening_conv2d layer is fitted to, or None."""
+    specs = config["model"]["layers"]
+    if not specs or specs[0]["type"] != "whitening_conv2d":
+        return None
+    return normalized_images(x_train, mean, std, specs[0]["images"])
+
+
+def build_model(config: dict, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None,
+                whitening_images=None) -> Sequential:
     """The model of a validated config for per-sample ``input_shape`` (C, H, W).
 
     Weights are drawn in layer order from ``np.random.default_rng(seed)`` (``seed`` defaults
@@ -88,8 +116,10 @@ def build_model(config: dict, input_shape: tuple[int, ...], num_classes: int, se
     specs = config["model"]["layers"]
     for i, spec in enumerate(specs):
         key = f"model.layers[{i}]"
+        if spec["type"] == "whitening_conv2d" and i != 0:
+            raise ConfigError(f"{key}: whitening_conv2d must be the first layer (it is fitted to the input images)")
         try:
-            layer = build_layer(spec, shape, key, rng)
+            layer = build_layer(spec, shape, key, rng, whitening_images=whitening_images)
             shape = tuple(layer.output_shape(shape))
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{key}: {exc}") from None

@@ -98,7 +98,7 @@ def _device_option(f):
 
 @cli.command()
 @click.option("--config", "config_source", metavar="PATH|NAME", default=None,
-              help="TOML config file, or the name of a shipped config (lenet5, cifar10-vgg, digits). "
+              help="TOML config file, or the name of a shipped config (lenet5, cifar10-vgg, cifar10-fast, digits). "
                    "Default: lenet5 (LeNet-5 on CIFAR-10).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where datasets are kept.")
 @_device_option

@@ -186,6 +186,13 @@ LAYER_FIELDS: dict[str, dict[str, Field]] = {
         "eps": Field(number(0.0, above=True), 1e-5),
         "momentum": Field(number(0.0, 1.0, above=True), 0.1),
         "affine": Field(boolean, True),
+        "train_gamma": Field(boolean, True),  # false: gamma stays 1 (frozen_params), as airbench
+    },
+    "whitening_conv2d": {  # first layer only: C -> 2*C*kh*kw, weight frozen, from the training images
+        "kernel_size": Field(int_or_pair(1), 2),
+        "eps": Field(number(0.0, above=True), 5e-4),
+        "bias": _BIAS,
+        "images": Field(integer(1), 5000),
     },
     "dropout": {"p": Field(number(0.0, 1.0, below=True), 0.5)},
     "scale": {"factor": Field(number(), required=True)},
@@ -233,8 +240,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "eval_batch_size": Field(integer(1), 256),
         "normalize": Field(boolean, True),
         "augment": Field(
-            table({"flip": Field(boolean, False), "crop_padding": Field(integer(0), 0)}),
-            {"flip": False, "crop_padding": 0},
+            table({"flip": Field(boolean, False), "crop_padding": Field(integer(0), 0),
+                   "padding_mode": Field(choice("zeros", "reflect"), "zeros")}),
+            {"flip": False, "crop_padding": 0, "padding_mode": "zeros"},
         ),
     },
     "optimizer": {
@@ -249,6 +257,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "schedule": {
         "name": Field(choice(*SCHEDULES), "constant"),
         "warmup_epochs": Field(number(0.0), 0.0),
+        "warmup_start_factor": Field(number(0.0, 1.0)),  # optional: lr rises linearly from this x base
         "step_size": Field(integer(1), 10),
         "gamma": Field(number(0.0, 1.0, above=True), 0.1),
         "min_lr": Field(number(0.0), 0.0),

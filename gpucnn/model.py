@@ -81,7 +81,7 @@ class Sequential:
         line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
         rule = "-" * (sum(widths) + 4)
         total = self.num_params()
-        trainable = sum(layer.num_params() for layer in self.layers if not layer.frozen)
+        trainable = sum(layer.num_trainable_params() for layer in self.layers)
         parts = [f"Input shape: {(None, *tuple(input_shape))}", rule, line(head), "=" * len(rule)]
         parts += [line(r) for r in rows]
         parts += [

@@ -8,7 +8,7 @@ import numpy as np
 
 
 class SGD:
-    """SGD over a Sequential's non-frozen params.
+    """SGD over a Sequential's trainable params (frozen layers and ``frozen_params`` skipped).
 
     Per param: g = grad + wd * param; with momentum v = momentum*v + g and
     step = g + momentum*v (nesterov) or v; param -= lr * lr_scale * step.
@@ -56,7 +56,7 @@ class SGD:
 
     def step(self) -> None:
         for index, layer, name in self.model.parameters():
-            if layer.frozen:
+            if not layer.is_trainable(name):
                 continue
             lr_scale, wd = self._settings(layer, name)
             key = f"layers.{index}.{name}"

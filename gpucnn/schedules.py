@@ -3,8 +3,9 @@
 ``LRSchedule(name, base_lr, steps_per_epoch, epochs, ...)(step) -> lr`` for step = 0, 1, ...
 (the lr used by the update of that step). All schedules share an optional linear warm-up:
 over the first ``warmup_steps = round(warmup_epochs * steps_per_epoch)`` steps the lr rises
-as ``base_lr * (step + 1) / warmup_steps``; afterwards, with ``t = step - warmup_steps`` and
-``T = total_steps - warmup_steps``:
+as ``base_lr * (step + 1) / warmup_steps`` (or, with ``warmup_start_factor`` s, as
+``base_lr * (s + (1 - s) * step / warmup_steps)``: airbench's triangle with "linear");
+afterwards, with ``t = step - warmup_steps`` and ``T = total_steps - warmup_steps``:
 
 - constant: ``base_lr``
 - step:     ``base_lr * gamma ** (step // (step_size * steps_per_epoch))`` (decay every step_size epochs)
@@ -30,6 +31,7 @@ class LRSchedule:
     step_size: int = 10
     gamma: float = 0.1
     min_lr: float = 0.0
+    warmup_start_factor: float | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULE_NAMES:
@@ -49,6 +51,9 @@ class LRSchedule:
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
+            if self.warmup_start_factor is not None:
+                start = self.warmup_start_factor
+                return self.base_lr * (start + (1.0 - start) * step / self.warmup_steps)
             return self.base_lr * (step + 1) / self.warmup_steps
         if self.name == "constant":
             return self.base_lr
@@ -73,4 +78,5 @@ def schedule_from_config(config: dict, steps_per_epoch: int) -> LRSchedule:
         step_size=s["step_size"],
         gamma=s["gamma"],
         min_lr=s["min_lr"],
+        warmup_start_factor=s.get("warmup_start_factor"),
     )

@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from gpucnn.backend import get_backend
-from gpucnn.build import build_model
+from gpucnn.build import build_model, whitening_input
 from gpucnn.checkpoint import Checkpoint, Progress, restore, save_checkpoint
 from gpucnn.config import write_config
 from gpucnn.config_schema import group_layer_class
@@ -168,11 +168,14 @@ class Trainer:
             self.mean, self.std = np.asarray(checkpoint.mean), np.asarray(checkpoint.std)
         else:
             self.mean, self.std = normalization(config, dataset.x_train)
-        self.model = build_model(config, dataset.image_shape, dataset.num_classes, seed=self.seed)
+        whiten = whitening_input(config, dataset.x_train, self.mean, self.std) if checkpoint is None else None
+        self.model = build_model(config, dataset.image_shape, dataset.num_classes, seed=self.seed,
+                                 whitening_images=whiten)
         self.optimizer = make_optimizer(config, self.model)
         self.loss_fn = SoftmaxCrossEntropy(label_smoothing=config["loss"]["label_smoothing"])
         aug = data["augment"]
-        augment = Augment(flip=aug["flip"], crop_padding=aug["crop_padding"]) if (
+        augment = Augment(flip=aug["flip"], crop_padding=aug["crop_padding"],
+                          padding_mode=aug.get("padding_mode", "zeros")) if (
             aug["flip"] or aug["crop_padding"]) else None
         self.train_loader = BatchLoader(dataset.x_train, dataset.y_train, self.batch_size, self.backend,
                                         self.mean, self.std, shuffle=True, seed=self.seed, augment=augment)

@@ -53,7 +53,7 @@ def test_bad_config_file_and_unknown_name(tmp_path):
     result = runner.invoke(cli, ["train", "--config", str(bad)])
     assert result.exit_code == 2 and "model.layers[0].kernel_size: missing" in result.output
     result = runner.invoke(cli, ["train", "--config", "resnet9000"])
-    assert result.exit_code == 2 and "no shipped config by that name (shipped: cifar10-vgg, digits, lenet5" in result.output
+    assert result.exit_code == 2 and "no shipped config by that name (shipped: cifar10-fast, cifar10-vgg, digits, lenet5" in result.output
 
 
 def test_usage_errors_exit_2(tmp_path):

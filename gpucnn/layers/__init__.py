@@ -1,4 +1,4 @@
-"""Layers: Conv2D, pooling, Dense, activations, Dropout, Flatten, BatchNorm2D."""
+"""Layers: Conv2D, pooling, Dense, activations, Dropout, Flatten, BatchNorm2D, Scale."""
 
 from gpucnn.layers.activations import GELU, ReLU, Sigmoid, Softplus, Tanh
 from gpucnn.layers.base import Layer
@@ -7,6 +7,7 @@ from gpucnn.layers.dense import Dense
 from gpucnn.layers.dropout import Dropout
 from gpucnn.layers.norm import BatchNorm2D
 from gpucnn.layers.pool import AvgPool2D, MaxPool2D
+from gpucnn.layers.scale import Scale
 from gpucnn.layers.shape import Flatten
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "GELU",
     "Dropout",
     "BatchNorm2D",
+    "Scale",
 ]

@@ -45,7 +45,8 @@ class Layer:
 
     Subclasses set ``param_kinds`` (param name -> "weight" or "bias"); the optimizer applies
     weight decay to "weight" params only and may give each kind its own learning rate.
-    ``frozen`` layers keep their params out of the optimizer.
+    ``frozen`` layers keep their params out of the optimizer; ``frozen_params`` (a set of
+    param names) does the same for single params, e.g. ``{"gamma"}`` on a BatchNorm2D.
     """
 
     param_kinds: dict[str, str] = {}
@@ -61,6 +62,7 @@ class Layer:
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
         self.frozen = False
+        self.frozen_params: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -89,6 +91,13 @@ class Layer:
 
     def num_params(self) -> int:
         return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
+
+    def is_trainable(self, name: str) -> bool:
+        """Whether the optimizer updates param ``name`` (not frozen, layer or param)."""
+        return not self.frozen and name not in self.frozen_params
+
+    def num_trainable_params(self) -> int:
+        return int(sum(int(np.prod(p.shape)) for n, p in self.params.items() if self.is_trainable(n)))
 
     def state(self) -> dict[str, Any]:
         """Arrays besides params that a checkpoint must keep (running statistics...)."""
