@@ -5,6 +5,17 @@ import pytest
 from gpucnn import backend as backend_module
 
 
+@pytest.fixture(autouse=True)
+def _numpy_backend_by_default():
+    """Every test starts on the numpy backend; on a GPU machine ``auto`` would pick cuda.
+
+    Tests that want another backend request ``emulated_backend``/``cuda_backend`` (which
+    nest inside this one) or pass ``--device`` to the CLI.
+    """
+    with backend_module.use_backend("numpy"):
+        yield
+
+
 @pytest.fixture
 def numpy_backend():
     with backend_module.use_backend("numpy") as b:
