@@ -19,14 +19,13 @@ Files are written to a temp file in the same directory and renamed into place.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from gpucnn.config import dumps_toml, file_mode, parse_toml, validate_config
+from gpucnn.atomic import atomic_open
+from gpucnn.config import dumps_toml, parse_toml, validate_config
 from gpucnn.errors import GpucnnError
 
 CHECKPOINT_VERSION = 1
@@ -77,15 +76,8 @@ def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, me
     })
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_checkpoint(path) -> Checkpoint:

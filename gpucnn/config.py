@@ -17,11 +17,11 @@ import math
 import os
 import re
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gpucnn.atomic import write_text_atomic
 from gpucnn.config_schema import SCHEMA, check_table
 from gpucnn.errors import ConfigError
 
@@ -240,28 +240,6 @@ def _dump_value(value: Any, top: bool = False) -> str:
             return "[\n" + "".join(f"    {_dump_value(v)},\n" for v in value) + "]"
         return "[" + ", ".join(_dump_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} value {value!r} as TOML")
-
-
-def file_mode() -> int:
-    """The permission bits a plain ``open()`` would give a new file (0o666 minus the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_config(path: str | os.PathLike, config: dict) -> None:

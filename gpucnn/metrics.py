@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpucnn.config import write_text_atomic
+from gpucnn.atomic import write_text_atomic
 
 
 class RunningMetrics:

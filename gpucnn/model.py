@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 
+from gpucnn.atomic import atomic_open
 from gpucnn.layers.base import Layer
 from gpucnn.layers.conv import Conv2D
 from gpucnn.layers.dense import Dense
@@ -120,17 +120,8 @@ class Sequential:
 
     def save(self, path) -> None:
         """Write state_dict() to an .npz file atomically (temp file + os.replace)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.state_dict())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(os.path.abspath(path), "wb") as f:
+            np.savez(f, **self.state_dict())
 
     def load_params(self, path) -> None:
         """Load an .npz written by save() (no pickle)."""

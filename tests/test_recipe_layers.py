@@ -110,7 +110,7 @@ def test_cifar10_fast_whitens_from_images(numpy_backend):
 
 
 def test_cifar10_fast_counts_match_torch():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from test_torch_twin import twin_net
 
     net = twin_net((64, 256, 256))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
+from gpucnn.atomic import atomic_open, atomic_path
 from gpucnn.errors import GpucnnError
 
 SCHEMA = "gpucnn-bench/1"
@@ -127,15 +127,8 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise BenchOutputError(f"cannot write {target}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(target, "wb") as handle:
+        handle.write(data)
 
 
 def _json_safe(value):
@@ -215,13 +208,8 @@ def write_plot(result: dict, path) -> None:
     ax.set_title(f"gpucnn bench on {result['device']['name']}")
     ax.legend()
     fig.tight_layout()
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent if str(target.parent) else ".")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, target)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

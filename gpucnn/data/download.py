@@ -11,13 +11,13 @@ import hashlib
 import http.client
 import os
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
+from gpucnn.atomic import atomic_open
 from gpucnn.errors import DataError
 
 CHUNK_BYTES = 1 << 20
@@ -60,32 +60,27 @@ def download_file(
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.md5()
-        received = 0
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    length_header = response.headers.get("Content-Length")
-                    expected = int(length_header) if length_header and length_header.isdigit() else None
-                    with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
-                              desc=f"downloading {dest.name}", disable=not progress, leave=False) as bar:
-                        while chunk := response.read(CHUNK_BYTES):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            received += len(chunk)
-                            bar.update(len(chunk))
-            except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: malformed URL
-                raise DataError(f"could not download {url}: {_describe(exc)}") from exc
+    digest = hashlib.md5()
+    received = 0
+    with atomic_open(dest, "wb", suffix=".part") as out:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                length_header = response.headers.get("Content-Length")
+                expected = int(length_header) if length_header and length_header.isdigit() else None
+                with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
+                          desc=f"downloading {dest.name}", disable=not progress, leave=False) as bar:
+                    while chunk := response.read(CHUNK_BYTES):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: malformed URL
+            raise DataError(f"could not download {url}: {_describe(exc)}") from exc
+        # Checked inside the block: a short or corrupt download is never renamed into place.
         if expected is not None and received != expected:
             raise DataError(f"could not download {url}: connection closed after {received} of {expected} bytes")
         actual = digest.hexdigest()
         if md5 is not None and actual != md5.lower():
             raise DataError(f"download of {url} failed its checksum: expected md5 {md5.lower()}, got {actual} "
                             f"({received} bytes)")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
