@@ -295,7 +295,7 @@ class Trainer:
                 layer.next_seed = dropout_seed(self.seed, epoch, step, index)
             logits = self.model.forward(x, training=True)
             loss = self.loss_fn.forward(logits, y)
-            self.model.backward(self.loss_fn.backward())
+            self.model.backward(self.loss_fn.backward(), input_grad=False)  # nothing uses d(loss)/d(images)
             self.optimizer.step()
             running.update(loss, logits, y)
 
