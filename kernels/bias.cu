@@ -8,6 +8,10 @@
 //   one block per channel (blockIdx.x = c), blockDim.x a power of two; each thread sums a
 //   strided slice, then a deterministic tree reduction in shared memory (no atomics, so the
 //   result is bit-identical from run to run).
+// channel_partial_sum: first pass of channel_sum when a few channels hold many elements
+//   (LeNet's 6 channels x 128 images): block (c, g) (blockIdx.x = c, blockIdx.y = g) sums
+//   images [g*per_block, (g+1)*per_block) of channel c into partial[c, g]; channel_sum over
+//   partial viewed as (1, C, groups) finishes. Same tree reduction, still no atomics.
 #include "common.cuh"
 
 extern "C" __global__ void add_channel_bias(float* __restrict__ y, const float* __restrict__ b,
@@ -33,4 +37,21 @@ extern "C" __global__ void channel_sum(float* __restrict__ out, const float* __r
     }
     const float total = block_sum(acc, scratch);
     if (threadIdx.x == 0) out[c] = total;
+}
+
+extern "C" __global__ void channel_partial_sum(float* __restrict__ partial, const float* __restrict__ x,
+                                               int N, int C, int P, int per_block)
+{
+    __shared__ float scratch[1024];
+    const int c = blockIdx.x, g = blockIdx.y;
+    const int n0 = g * per_block;
+    const int n1 = n0 + per_block < N ? n0 + per_block : N;
+    const int count = (n1 - n0) * P;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+        const int dn = i / P;
+        acc += x[((size_t)(n0 + dn) * C + c) * P + (i - dn * P)];
+    }
+    const float total = block_sum(acc, scratch);
+    if (threadIdx.x == 0) partial[c * gridDim.y + g] = total;
 }

@@ -116,6 +116,18 @@ def test_auto_variant_choice(kb, op, out_channels, reduction, expected):
     assert kb.ops._pick(op, out_channels, reduction) == "direct"
 
 
+@pytest.mark.parametrize("blocks", [1, 7, 64, 10**6])
+def test_channel_sum_two_pass_matches_numpy(kb, blocks):
+    """conv and dense bias gradients through the one-pass and the two-pass (partial sums) reductions."""
+    rng = np.random.default_rng(11)
+    kb.ops.channel_sum_blocks = blocks
+    dy = randn(rng, 13, 3, 5, 7)
+    close(kb, kb.ops.conv2d_backward_bias(kb.asarray(dy)), ref.conv2d_backward_bias(dy))
+    x, w, dyd = randn(rng, 9, 4), randn(rng, 5, 4), randn(rng, 9, 5)
+    got = kb.ops.dense_backward(kb.asarray(dyd), kb.asarray(x), kb.asarray(w))
+    close(kb, got[2], ref.dense_backward(dyd, x, w)[2])
+
+
 @pytest.mark.parametrize("min_chunks", [1, 8, 10**6])
 def test_conv2d_backward_filter_igemm_split_k(kb, min_chunks):
     """The split-K path (several partial sums + splitk_reduce) and the single-split path."""

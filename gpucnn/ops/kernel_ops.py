@@ -59,6 +59,8 @@ class KernelOps:
         self.reduction_threads = getattr(launcher, "reduction_threads", THREADS)
         self.multiprocessor_count = getattr(launcher, "multiprocessor_count", 1)
         self.min_chunks_per_split = 8
+        # Blocks a channel sum aims for: enough to fill the device when channels are few.
+        self.channel_sum_blocks = 4 * self.multiprocessor_count
 
     # ---- variants ---------------------------------------------------------------------
     @property
@@ -241,8 +243,19 @@ class KernelOps:
         return self._channel_sum(dy, n, o, int(np.prod(dy.shape[2:], dtype=np.int64)))
 
     def _channel_sum(self, a, n: int, channels: int, p: int):
+        """out (channels,): a viewed as (n, channels, p) summed over n and p, deterministically."""
         out = self._empty((channels,))
-        self.launcher.launch("channel_sum", (channels,), (self.reduction_threads,), (out, a, *_i32(n, channels, p)))
+        threads = (self.reduction_threads,)
+        groups = min(n, max(1, math.ceil(self.channel_sum_blocks / channels)))
+        if groups == 1:
+            self.launcher.launch("channel_sum", (channels,), threads, (out, a, *_i32(n, channels, p)))
+            return out
+        per_block = math.ceil(n / groups)
+        groups = math.ceil(n / per_block)
+        partial = self._empty((channels, groups))
+        self.launcher.launch("channel_partial_sum", (channels, groups), threads,
+                             (partial, a, *_i32(n, channels, p, per_block)))
+        self.launcher.launch("channel_sum", (channels,), threads, (out, partial, *_i32(1, channels, groups)))
         return out
 
     # ---- pooling ----------------------------------------------------------------------
