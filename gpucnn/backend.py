@@ -26,19 +26,33 @@ from gpucnn.errors import BackendUnavailable
 
 BACKEND_NAMES = ("auto", "numpy", "cuda", "emulated")
 _ALIASES = {"cpu": "numpy", "gpu": "cuda"}
+# Every spelling a user may give (config ``training.device``, ``--device``, GPUCNN_BACKEND).
+DEVICE_CHOICES = ("auto", "cpu", "numpy", "cuda", "gpu", "emulated")
 ENV_VAR = "GPUCNN_BACKEND"
 
 
 @dataclass
 class Backend:
-    """A compute backend: array module, ops and host<->device copies."""
+    """A compute backend: array module, ops and host<->device copies.
+
+    Capabilities that callers test instead of comparing names:
+    ``on_device`` (arrays live in GPU memory, host copies cost a transfer; also: queued
+    work is asynchronous and ``synchronize`` waits for it), ``supports_float64``,
+    ``kernels`` (ops run the kernels/*.cu sources: cuda and emulated).
+    """
 
     name: str
     xp: ModuleType
     ops: Any
     device_name: str
     float_dtypes: tuple = (np.float32, np.float64)
+    on_device: bool = False
+    kernels: bool = False
     notes: list = field(default_factory=list)
+
+    @property
+    def supports_float64(self) -> bool:
+        return np.float64 in self.float_dtypes
 
     def asarray(self, array, dtype=None):
         """Copy a host (NumPy) array to this backend's device; no copy when already there."""
@@ -52,7 +66,7 @@ class Backend:
 
     def synchronize(self) -> None:
         """Wait for queued device work to finish (a no-op on CPU backends)."""
-        if self.name == "cuda":
+        if self.on_device:
             self.xp.cuda.get_current_stream().synchronize()
 
     def check_dtype(self, dtype, what: str) -> None:
@@ -61,7 +75,7 @@ class Backend:
             allowed = ", ".join(np.dtype(t).name for t in self.float_dtypes)
             raise TypeError(
                 f"{what}: the {self.name} backend computes in {allowed}; got {np.dtype(dtype).name}"
-                + (" (use the numpy backend for float64 gradient checks)" if self.name != "numpy" else "")
+                + ("" if self.supports_float64 else " (use the numpy backend for float64 gradient checks)")
             )
 
 
@@ -116,7 +130,8 @@ def _make_cuda() -> Backend:
 
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    return Backend("cuda", cupy, KernelOps(CudaLauncher(), cupy), name, float_dtypes=(np.float32,))
+    return Backend("cuda", cupy, KernelOps(CudaLauncher(), cupy), name, float_dtypes=(np.float32,),
+                   on_device=True, kernels=True)
 
 
 def _make_emulated() -> Backend:
@@ -124,7 +139,8 @@ def _make_emulated() -> Backend:
     from gpucnn.ops.kernel_ops import KernelOps
 
     return Backend(
-        "emulated", np, KernelOps(EmulatedLauncher(), np), "CPU (CUDA emulation)", float_dtypes=(np.float32,)
+        "emulated", np, KernelOps(EmulatedLauncher(), np), "CPU (CUDA emulation)", float_dtypes=(np.float32,),
+        kernels=True,
     )
 
 

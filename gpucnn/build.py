@@ -1,6 +1,10 @@
-"""Build a Sequential model from the ``model.layers`` list of a validated config.
+"""The one place a validated config (and optionally a checkpoint) becomes a run.
 
-Each entry's ``in_channels`` / ``in_features`` / ``num_features`` is inferred from the
+``build_run(config, dataset, checkpoint=None)`` returns a ``Run``: model, optimizer with its
+param groups, loss, learning-rate schedule, normalization and the data loaders. ``train``,
+``evaluate``, ``bench --train`` and the tests all call it, so they cannot drift apart.
+
+``build_model`` turns the ``model.layers`` list into a Sequential. Each entry's ``in_channels`` / ``in_features`` / ``num_features`` is inferred from the
 per-sample shape flowing out of the previous layer (starting at the dataset's (C, H, W)),
 so a config names only output sizes. Shape problems (a kernel larger than its input at
 that depth, a dense layer fed an image, a last layer that does not give one logit per
@@ -9,21 +13,20 @@ class) are ``ConfigError``s naming the entry, e.g. ``model.layers[3].kernel_size
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from gpucnn import layers as L
+from gpucnn.backend import get_backend
 from gpucnn.errors import ConfigError
+from gpucnn.losses import SoftmaxCrossEntropy
 from gpucnn.model import Sequential
+from gpucnn.optim import SGD
+from gpucnn.schedules import LRSchedule, schedule_from_config
 from gpucnn.whitening import normalized_images, whitening_filters
 
-_SIMPLE = {
-    "relu": L.ReLU,
-    "sigmoid": L.Sigmoid,
-    "tanh": L.Tanh,
-    "softplus": L.Softplus,
-    "gelu": L.GELU,
-    "flatten": L.Flatten,
-}
+_SIMPLE = {**L.ACTIVATION_LAYERS, "flatten": L.Flatten}
 
 
 def _spatial_check(key: str, spec: dict, shape: tuple[int, ...], what: str) -> None:
@@ -136,3 +139,101 @@ def build_model(config: dict, input_shape: tuple[int, ...], num_classes: int, se
             f"but it gives {shape}; end with {{type = \"dense\", out_features = {num_classes}}}"
         )
     return Sequential(built)
+
+
+@dataclass
+class Run:
+    """Everything one training or evaluation run is made of.
+
+    ``mean``/``std``: (C,) per-channel normalization in [0, 1] units (the checkpoint's when
+    resuming). ``train_loader``/``schedule`` are None for an evaluation-only run.
+    """
+
+    config: dict
+    dataset: object
+    model: Sequential
+    optimizer: SGD
+    loss_fn: SoftmaxCrossEntropy
+    mean: np.ndarray
+    std: np.ndarray
+    train_loader: object | None
+    test_loader: object
+    schedule: LRSchedule | None
+    checkpoint: object | None = None
+
+
+def normalization(config: dict, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (mean, std) in [0, 1] units: the training set's when ``data.normalize``, else (0, 1)."""
+    from gpucnn.data import channel_stats
+
+    if config["data"]["normalize"]:
+        return channel_stats(x_train)
+    channels = x_train.shape[1]
+    return np.zeros(channels), np.ones(channels)
+
+
+def build_optimizer(config: dict, model: Sequential) -> SGD:
+    """The optimizer of ``config["optimizer"]``, with its param groups, over ``model``."""
+    opt = config["optimizer"]
+    groups = []
+    for group in opt["groups"]:
+        g = dict(group)
+        if "layer" in g:
+            g["layer"] = group_layer_class(g["layer"])
+        groups.append(g)
+    return SGD(model, opt["lr"], momentum=opt["momentum"], nesterov=opt["nesterov"],
+               weight_decay=opt["weight_decay"], groups=groups)
+
+
+def group_layer_class(name: str) -> str:
+    """The layer class name a group's lower-case ``layer`` value stands for."""
+    return {cls.__name__.lower(): cls.__name__ for cls in L.PARAMETRIC_LAYERS}[name]
+
+
+def build_loss(config: dict) -> SoftmaxCrossEntropy:
+    return SoftmaxCrossEntropy(label_smoothing=config["loss"]["label_smoothing"])
+
+
+def build_augment(config: dict):
+    """The training-set Augment of ``data.augment``, or None when it does nothing."""
+    from gpucnn.data import Augment
+
+    aug = config["data"]["augment"]
+    if not (aug["flip"] or aug["crop_padding"]):
+        return None
+    return Augment(flip=aug["flip"], crop_padding=aug["crop_padding"], padding_mode=aug.get("padding_mode", "zeros"))
+
+
+def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backend=None,
+              eval_batch_size: int | None = None, checkpoint_path="checkpoint") -> Run:
+    """Assemble a run of validated ``config`` on ``dataset`` (a gpucnn.data.Dataset).
+
+    ``checkpoint`` (a loaded Checkpoint): its normalization, params, optimizer state and
+    progress are restored, and the whitening layer keeps its saved filters instead of being
+    fitted again. ``train=False`` builds no training loader or schedule (evaluation).
+    ``backend`` defaults to the current one; the model's arrays live there.
+    """
+    from gpucnn.checkpoint import restore
+    from gpucnn.data import BatchLoader
+
+    backend = backend or get_backend()
+    data, seed = config["data"], config["training"]["seed"]
+    if checkpoint is not None:
+        mean, std = np.asarray(checkpoint.mean), np.asarray(checkpoint.std)
+        whiten = None
+    else:
+        mean, std = normalization(config, dataset.x_train)
+        whiten = whitening_input(config, dataset.x_train, mean, std) if train else None
+    model = build_model(config, dataset.image_shape, dataset.num_classes, seed=seed, whitening_images=whiten)
+    optimizer = build_optimizer(config, model)
+    if checkpoint is not None:
+        restore(checkpoint, model, optimizer if train else None, checkpoint_path)
+    train_loader = schedule = None
+    if train:
+        train_loader = BatchLoader(dataset.x_train, dataset.y_train, data["batch_size"], backend, mean, std,
+                                   shuffle=True, seed=seed, augment=build_augment(config))
+        schedule = schedule_from_config(config, len(train_loader))
+    test_loader = BatchLoader(dataset.x_test, dataset.y_test, eval_batch_size or data["eval_batch_size"], backend,
+                              mean, std, shuffle=False)
+    return Run(config, dataset, model, optimizer, build_loss(config), mean, std, train_loader, test_loader,
+               schedule, checkpoint)

@@ -19,12 +19,12 @@ import numpy as np
 
 import gpucnn
 from gpucnn import backend as backend_module
+from gpucnn.config import shipped_config_names
 from gpucnn.errors import ConfigError, GpucnnError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-DEVICE_CHOICES = ["auto", "cpu", "numpy", "cuda", "gpu", "emulated"]
 
 
 class _Interrupted(Exception):
@@ -55,7 +55,8 @@ def user_errors():
 
 
 class _Group(click.Group):
-    """The command group; ``bench`` is imported from gpucnn.bench.command only when used."""
+    """The command group; ``bench`` is imported from gpucnn.bench.command only when used
+    (it pulls in the benchmark machinery, which train/evaluate/info do not need)."""
 
     def list_commands(self, ctx):
         return sorted({*super().list_commands(ctx), "bench"})
@@ -63,26 +64,10 @@ class _Group(click.Group):
     def get_command(self, ctx, name):
         command = super().get_command(ctx, name)
         if command is None and name == "bench":
-            command = _load_bench()
+            from gpucnn.bench.command import bench
+
+            command = bench
         return command
-
-
-def _load_bench() -> click.Command:
-    """gpucnn.bench.command's ``bench``, or a stand-in that explains why it cannot load."""
-    try:
-        from gpucnn.bench.command import bench
-
-        return bench
-    except Exception as exc:  # a missing or broken bench module must not break train/evaluate/info
-        message = f"{type(exc).__name__}: {exc}"
-
-    @click.command(name="bench", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def bench_unavailable() -> None:
-        """Benchmarks (unavailable: the bench module failed to load)."""
-        click.echo(f"gpucnn: error: the bench command could not be loaded ({message})", err=True)
-        sys.exit(EXIT_ERROR)
-
-    return bench_unavailable
 
 
 @click.group(name="gpucnn", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,13 +77,13 @@ def cli() -> None:
 
 
 def _device_option(f):
-    return click.option("--device", type=click.Choice(DEVICE_CHOICES, case_sensitive=False), default=None,
+    return click.option("--device", type=click.Choice(backend_module.DEVICE_CHOICES, case_sensitive=False), default=None,
                         help="Compute backend: auto (cuda if usable, else numpy), cpu/numpy, cuda, emulated.")(f)
 
 
 @cli.command()
 @click.option("--config", "config_source", metavar="PATH|NAME", default=None,
-              help="TOML config file, or the name of a shipped config (lenet5, cifar10-vgg, cifar10-fast, digits). "
+              help=f"TOML config file, or the name of a shipped config ({', '.join(shipped_config_names())}). "
                    "Default: lenet5 (LeNet-5 on CIFAR-10).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where datasets are kept.")
 @_device_option
@@ -121,6 +106,7 @@ def train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, re
 
 
 def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overrides) -> str:
+    from gpucnn.build import build_run
     from gpucnn.checkpoint import load_checkpoint
     from gpucnn.config import apply_overrides, load_config, validate_config
     from gpucnn.train import Trainer
@@ -148,7 +134,7 @@ def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, r
     dataset = _load_dataset(config)
     out_dir = Path(out) if out else (Path(resume).parent if resume else
                                      Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    trainer = Trainer(config, dataset, out_dir, checkpoint=checkpoint, echo=click.echo)
+    trainer = Trainer(build_run(config, dataset, checkpoint, checkpoint_path=resume), out_dir, echo=click.echo)
     click.echo(f"device: {backend.device_name} ({backend.name} backend)")
     click.echo(f"data: {dataset.name}, {len(dataset.y_train)} train / {len(dataset.y_test)} test images "
                f"{dataset.image_shape}, {len(trainer.train_loader)} batches of {config['data']['batch_size']}")
@@ -194,12 +180,10 @@ def evaluate(checkpoint, data_dir, device, batch_size, tta) -> None:
 
 
 def _evaluate(path, data_dir, device, batch_size, tta) -> None:
-    from gpucnn.build import build_model
-    from gpucnn.checkpoint import load_checkpoint, restore
-    from gpucnn.data import BatchLoader
-    from gpucnn.losses import SoftmaxCrossEntropy
+    from gpucnn.build import build_run
+    from gpucnn.checkpoint import load_checkpoint
+    from gpucnn.evaluate import evaluate_model
     from gpucnn.metrics import per_class_table
-    from gpucnn.train import evaluate_model
 
     ckpt = load_checkpoint(path)
     config = ckpt.config
@@ -207,13 +191,9 @@ def _evaluate(path, data_dir, device, batch_size, tta) -> None:
         config["data"]["data_dir"] = data_dir
     backend = backend_module.set_backend(device or config["training"]["device"])
     dataset = _load_dataset(config)
-    model = build_model(config, dataset.image_shape, dataset.num_classes)
-    restore(ckpt, model, None, path)
-    loader = BatchLoader(dataset.x_test, dataset.y_test, batch_size or config["data"]["eval_batch_size"], backend,
-                         ckpt.mean, ckpt.std, shuffle=False)
-    loss_fn = SoftmaxCrossEntropy(label_smoothing=config["loss"]["label_smoothing"])
+    run = build_run(config, dataset, ckpt, train=False, eval_batch_size=batch_size, checkpoint_path=path)
     start = time.perf_counter()
-    result = evaluate_model(model, loss_fn, loader, dataset.num_classes, tta=tta)
+    result = evaluate_model(run.model, run.loss_fn, run.test_loader, dataset.num_classes, tta=tta)
     seconds = time.perf_counter() - start
     click.echo(f"checkpoint: {path} (epoch {ckpt.progress.epoch}), device: {backend.device_name}")
     click.echo(f"test loss {result.loss:.4f}  accuracy {100 * result.accuracy:.2f}%  "
@@ -254,13 +234,9 @@ def _cupy_version() -> str:
 
 def _kernel_check() -> str:
     """Whether every kernels/*.cu compiles with NVRTC (gpucnn.cuda.nvrtc_check), in one line."""
+    from gpucnn.cuda import nvrtc_check
+
     try:
-        from gpucnn.cuda import nvrtc_check
-    except Exception as exc:
-        return f"compile check unavailable ({type(exc).__name__}: {exc})"
-    try:
-        if callable(nvrtc_check):
-            return str(nvrtc_check())
         if nvrtc_check.load_nvrtc() is None:
             return "not checked: libnvrtc not found (pip install nvidia-cuda-nvrtc, or set GPUCNN_NVRTC)"
         version = nvrtc_check.nvrtc_version()

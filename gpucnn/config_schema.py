@@ -12,15 +12,13 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from gpucnn.backend import DEVICE_CHOICES
+from gpucnn.data import DATASETS
 from gpucnn.errors import ConfigError
 from gpucnn.init import INIT_NAMES
-
-DATASETS = ("cifar10", "digits")
-DEVICES = ("auto", "cpu", "numpy", "cuda", "gpu", "emulated")
-SCHEDULES = ("constant", "step", "cosine", "linear")
-OPTIMIZERS = ("sgd",)
-PARAM_KINDS = ("weight", "bias")
-LAYER_CLASS_NAMES = ("Conv2D", "Dense", "BatchNorm2D")
+from gpucnn.layers import ACTIVATION_LAYERS, PARAMETRIC_LAYERS
+from gpucnn.optim import OPTIMIZERS, PARAM_KINDS
+from gpucnn.schedules import SCHEDULE_NAMES
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
@@ -197,11 +195,7 @@ LAYER_FIELDS: dict[str, dict[str, Field]] = {
     "dropout": {"p": Field(number(0.0, 1.0, below=True), 0.5)},
     "scale": {"factor": Field(number(), required=True)},
     "flatten": {},
-    "relu": {},
-    "sigmoid": {},
-    "tanh": {},
-    "softplus": {},
-    "gelu": {},
+    **{name: {} for name in ACTIVATION_LAYERS},
 }
 
 
@@ -225,7 +219,7 @@ def check_layers(key: str, value: Any) -> list:
 
 GROUP_FIELDS = {
     "kind": Field(choice(*PARAM_KINDS)),
-    "layer": Field(choice(*(n.lower() for n in LAYER_CLASS_NAMES))),
+    "layer": Field(choice(*(cls.__name__.lower() for cls in PARAMETRIC_LAYERS))),
     "lr_scale": Field(number(0.0), 1.0),
     "weight_decay": Field(number(0.0)),
 }
@@ -255,7 +249,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "loss": {"label_smoothing": Field(number(0.0, 1.0, below=True), 0.0)},
     "schedule": {
-        "name": Field(choice(*SCHEDULES), "constant"),
+        "name": Field(choice(*SCHEDULE_NAMES), "constant"),
         "warmup_epochs": Field(number(0.0), 0.0),
         "warmup_start_factor": Field(number(0.0, 1.0)),  # optional: lr rises linearly from this x base
         "step_size": Field(integer(1), 10),
@@ -265,13 +259,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "training": {
         "epochs": Field(integer(1), 10),
         "seed": Field(integer(0, 2**32 - 1), 0),
-        "device": Field(choice(*DEVICES), "auto"),
+        "device": Field(choice(*DEVICE_CHOICES), "auto"),
         "eval_every": Field(integer(1), 1),
         "log_every": Field(integer(1), 50),
     },
 }
 
-
-def group_layer_class(name: str) -> str:
-    """The layer class name a group's lower-case ``layer`` value stands for."""
-    return {n.lower(): n for n in LAYER_CLASS_NAMES}[name]

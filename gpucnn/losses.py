@@ -39,7 +39,7 @@ class SoftmaxCrossEntropy:
                 f"SoftmaxCrossEntropy: labels must be in [0, {k}), got values in "
                 f"[{int(labels.min())}, {int(labels.max())}]"
             )
-        labels = labels.astype(xp.int32, copy=False) if self.backend.name != "numpy" else labels
+        labels = labels.astype(xp.int32, copy=False) if self.backend.kernels else labels
         loss, probs = self.backend.ops.softmax_cross_entropy_forward(logits, labels, self.label_smoothing)
         self._cache = (probs, labels)
         return loss

@@ -9,8 +9,6 @@ import numpy as np
 
 from gpucnn.atomic import atomic_open
 from gpucnn.layers.base import Layer
-from gpucnn.layers.conv import Conv2D
-from gpucnn.layers.dense import Dense
 
 
 class Sequential:
@@ -39,16 +37,19 @@ class Sequential:
     def backward(self, dlogits, input_grad: bool = True):
         """Propagate dL/dlogits back through every layer (filling grads); returns dL/dx.
 
-        ``input_grad=False`` (training loops) lets a first Conv2D/Dense skip computing
-        dL/dx, which nothing uses; then None is returned.
+        ``input_grad=False`` (training loops) tells the first layer that nothing uses
+        dL/dx, so it may skip computing it (Conv2D and Dense do; they return None).
         """
         d = dlogits
         for layer in reversed(self.layers[1:]):
             d = layer.backward(d)
-        first = self.layers[0]
-        if not input_grad and isinstance(first, (Conv2D, Dense)):
-            return first.backward(d, input_grad=False)
-        return first.backward(d)
+        return self.layers[0].backward(d, input_grad=input_grad)
+
+    def set_step_seeds(self, seed_of) -> None:
+        """Give every layer that ``takes_step_seed`` the seed ``seed_of(layer_index)``."""
+        for index, layer in enumerate(self.layers):
+            if layer.takes_step_seed:
+                layer.set_step_seed(seed_of(index))
 
     def predict(self, x, batch_size: int = 256):
         """Logits in evaluation mode, computed batch by batch (a backend array)."""

@@ -6,6 +6,10 @@ from typing import Any
 
 import numpy as np
 
+# The optimizers a config may name (``optimizer.name``) and the param kinds groups may select.
+OPTIMIZERS = ("sgd",)
+PARAM_KINDS = ("weight", "bias")
+
 
 class SGD:
     """SGD over a Sequential's trainable params (frozen layers and ``frozen_params`` skipped).
@@ -43,7 +47,8 @@ class SGD:
                 raise ValueError(f"SGD: groups[{i}].kind must be 'weight' or 'bias', got {group['kind']!r}")
         self.velocity: dict[str, Any] = {}
 
-    def _settings(self, layer, name: str) -> tuple[float, float]:
+    def param_settings(self, layer, name: str) -> tuple[float, float]:
+        """(lr scale, weight decay) of ``layer.params[name]``: its first matching group's, else the defaults."""
         kind = layer.param_kinds.get(name, "weight")
         for group in self.groups:
             if "kind" in group and group["kind"] != kind:
@@ -58,7 +63,7 @@ class SGD:
         for index, layer, name in self.model.parameters():
             if not layer.is_trainable(name):
                 continue
-            lr_scale, wd = self._settings(layer, name)
+            lr_scale, wd = self.param_settings(layer, name)
             key = f"layers.{index}.{name}"
             velocity = None
             if self.momentum:

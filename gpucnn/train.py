@@ -1,7 +1,7 @@
 """The training loop: epochs of SGD steps, evaluation, metrics, checkpoints, clean stops.
 
-``Trainer(config, dataset, out_dir, checkpoint=None).fit()`` trains a validated config on a
-loaded Dataset with the current backend and writes into ``out_dir``:
+``Trainer(run, out_dir).fit()`` trains a ``Run`` (``gpucnn.build.build_run``: model, optimizer,
+loss, schedule, loaders, and the checkpoint it resumes from) and writes into ``out_dir``:
   config.toml    the resolved config
   metrics.jsonl  one JSON object per epoch (epoch, train_loss, train_acc, test_loss, test_acc,
                  lr, seconds, images_per_s, ...)
@@ -31,23 +31,16 @@ from typing import Callable
 
 import numpy as np
 
-from gpucnn.backend import get_backend
-from gpucnn.build import build_model, whitening_input
-from gpucnn.checkpoint import Checkpoint, Progress, restore, save_checkpoint
+from gpucnn.build import Run
+from gpucnn.checkpoint import Progress, save_checkpoint
 from gpucnn.config import write_config
-from gpucnn.config_schema import group_layer_class
-from gpucnn.data import Augment, BatchLoader, channel_stats
 from gpucnn.errors import TrainingError
-from gpucnn.layers import Dropout
-from gpucnn.losses import SoftmaxCrossEntropy
-from gpucnn.metrics import MetricsLog, RunningMetrics, confusion_matrix
-from gpucnn.optim import SGD
-from gpucnn.schedules import schedule_from_config
-from gpucnn.tta import predict_tta
+from gpucnn.evaluate import evaluate_model
+from gpucnn.metrics import MetricsLog, RunningMetrics
 
 
 def dropout_seed(seed: int, epoch: int, step: int, layer_index: int) -> int:
-    """The uint32 dropout seed of one layer at one step: a hash of (seed, epoch, step, layer)."""
+    """The uint32 seed of one randomized layer (Dropout) at one step: a hash of (seed, epoch, step, layer)."""
     return int(np.random.SeedSequence([seed, epoch, step, layer_index]).generate_state(1, np.uint32)[0])
 
 
@@ -62,54 +55,6 @@ class FitResult:
     epochs_done: int
     best_test_acc: float
     last_record: dict | None
-
-
-@dataclass
-class EvalResult:
-    loss: float
-    accuracy: float
-    confusion: np.ndarray  # (K, K) int64, rows = true class
-
-
-def normalization(config: dict, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean, std) in [0, 1] units: the training set's when ``data.normalize``, else (0, 1)."""
-    if config["data"]["normalize"]:
-        return channel_stats(x_train)
-    channels = x_train.shape[1]
-    return np.zeros(channels), np.ones(channels)
-
-
-def make_optimizer(config: dict, model) -> SGD:
-    opt = config["optimizer"]
-    groups = []
-    for group in opt["groups"]:
-        g = dict(group)
-        if "layer" in g:
-            g["layer"] = group_layer_class(g["layer"])
-        groups.append(g)
-    return SGD(model, opt["lr"], momentum=opt["momentum"], nesterov=opt["nesterov"],
-               weight_decay=opt["weight_decay"], groups=groups)
-
-
-def evaluate_model(model, loss_fn, loader: BatchLoader, num_classes: int, tta: bool = False) -> EvalResult:
-    """Mean loss, accuracy and confusion matrix over every batch of ``loader`` (evaluation mode).
-
-    ``tta``: average the logits of each image and its horizontal mirror (``gpucnn.tta``).
-    """
-    backend = loader.backend
-    xp = backend.xp
-    loss_sum = xp.zeros((), dtype=xp.float64)
-    confusion = xp.zeros((num_classes, num_classes), dtype=xp.int64)
-    samples = 0
-    for x, y in loader:
-        logits = predict_tta(model, x, batch_size=x.shape[0]) if tta else model.forward(x, training=False)
-        batch_loss = loss_fn.forward(logits, y)
-        pred = xp.argmax(logits, axis=1)
-        loss_sum = loss_sum + batch_loss.astype(xp.float64) * y.shape[0]
-        confusion = confusion + confusion_matrix(y, pred, num_classes, xp)
-        samples += int(y.shape[0])
-    host_confusion = backend.to_host(confusion).astype(np.int64)
-    return EvalResult(float(loss_sum) / samples, float(np.trace(host_confusion)) / samples, host_confusion)
 
 
 class _StopFlag:
@@ -135,9 +80,8 @@ class _StopFlag:
 
 
 class Trainer:
-    """Train ``config`` (validated) on ``dataset`` with the current backend, writing into ``out_dir``.
+    """Train a ``Run`` (from ``gpucnn.build.build_run``) on its backend, writing into ``out_dir``.
 
-    ``checkpoint``: a loaded checkpoint to resume from (its progress, params and velocities).
     ``echo``: where lines go (default print to stdout). ``progress_bar``: tqdm bar (default:
     when stdout is a terminal), else plain lines every ``log_every`` steps.
     ``on_step(trainer)``: called after every step (tests use it to stop a run mid-epoch).
@@ -145,48 +89,29 @@ class Trainer:
 
     def __init__(
         self,
-        config: dict,
-        dataset,
+        run: Run,
         out_dir: str | Path,
-        checkpoint: Checkpoint | None = None,
         echo: Callable[[str], None] = print,
         progress_bar: bool | None = None,
         on_step: Callable[["Trainer"], None] | None = None,
     ) -> None:
-        self.config = config
-        self.dataset = dataset
+        if run.train_loader is None:
+            raise ValueError("Trainer: the run was built with train=False (no training loader)")
+        self.run = run
+        self.config = run.config
+        self.dataset = run.dataset
+        self.model, self.optimizer, self.loss_fn = run.model, run.optimizer, run.loss_fn
+        self.train_loader, self.test_loader, self.schedule = run.train_loader, run.test_loader, run.schedule
+        self.mean, self.std = run.mean, run.std
+        self.backend = run.train_loader.backend
         self.out_dir = Path(out_dir)
         self.echo = echo
         self.progress_bar = sys.stdout.isatty() if progress_bar is None else progress_bar
         self.on_step = on_step
-        self.backend = get_backend()
-        data, training = config["data"], config["training"]
-        self.seed = training["seed"]
-        self.epochs = training["epochs"]
-        self.batch_size = data["batch_size"]
-        if checkpoint is not None:
-            self.mean, self.std = np.asarray(checkpoint.mean), np.asarray(checkpoint.std)
-        else:
-            self.mean, self.std = normalization(config, dataset.x_train)
-        whiten = whitening_input(config, dataset.x_train, self.mean, self.std) if checkpoint is None else None
-        self.model = build_model(config, dataset.image_shape, dataset.num_classes, seed=self.seed,
-                                 whitening_images=whiten)
-        self.optimizer = make_optimizer(config, self.model)
-        self.loss_fn = SoftmaxCrossEntropy(label_smoothing=config["loss"]["label_smoothing"])
-        aug = data["augment"]
-        augment = Augment(flip=aug["flip"], crop_padding=aug["crop_padding"],
-                          padding_mode=aug.get("padding_mode", "zeros")) if (
-            aug["flip"] or aug["crop_padding"]) else None
-        self.train_loader = BatchLoader(dataset.x_train, dataset.y_train, self.batch_size, self.backend,
-                                        self.mean, self.std, shuffle=True, seed=self.seed, augment=augment)
-        self.test_loader = BatchLoader(dataset.x_test, dataset.y_test, data["eval_batch_size"], self.backend,
-                                       self.mean, self.std, shuffle=False)
-        self.schedule = schedule_from_config(config, len(self.train_loader))
-        self.progress = Progress()
-        if checkpoint is not None:
-            restore(checkpoint, self.model, self.optimizer)
-            self.progress = checkpoint.progress
-        self._dropouts = [(i, layer) for i, layer in enumerate(self.model.layers) if isinstance(layer, Dropout)]
+        self.seed = self.config["training"]["seed"]
+        self.epochs = self.config["training"]["epochs"]
+        self.batch_size = self.config["data"]["batch_size"]
+        self.progress = run.checkpoint.progress if run.checkpoint is not None else Progress()
         self._stop = _StopFlag()
         self.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl")
 
@@ -291,8 +216,7 @@ class Trainer:
     def _train_step(self, epoch: int, step: int, x, y, lr: float, running: RunningMetrics) -> None:
         def work():
             self.optimizer.lr = lr
-            for index, layer in self._dropouts:
-                layer.next_seed = dropout_seed(self.seed, epoch, step, index)
+            self.model.set_step_seeds(lambda index: dropout_seed(self.seed, epoch, step, index))
             logits = self.model.forward(x, training=True)
             loss = self.loss_fn.forward(logits, y)
             self.model.backward(self.loss_fn.backward(), input_grad=False)  # nothing uses d(loss)/d(images)

@@ -3,7 +3,7 @@
 // Layout: any shape, treated as a flat C-contiguous array of n float32 elements.
 // Thread mapping: one thread per element, grid-stride loop (any grid size is correct).
 // Forward kernels write y from x; backward kernels write dx from dy and what the layer
-// cached (y for relu/sigmoid/tanh, x for softplus/gelu, the mask for dropout).
+// cached (y for relu/sigmoid/tanh, x for softplus/gelu/silu, the mask for dropout).
 //
 // Dropout: for flat index i and seed s (uint32), h = lowbias32(lowbias32(i) ^ s) and
 // u = (h >> 8) * 2^-24; an element is kept iff u >= p, i.e. iff (h >> 8) >= keep_threshold
@@ -89,6 +89,21 @@ extern "C" __global__ void gelu_backward(float* __restrict__ dx, const float* __
         const float cdf = 0.5f * erfcf(-v * 0.70710678118654752f);
         const float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
         dx[i] = dy[i] * (cdf + v * pdf);
+    }
+}
+
+// silu(x) = x * sigmoid(x); d/dx = s * (1 + x * (1 - s)).
+extern "C" __global__ void silu_forward(float* __restrict__ y, const float* __restrict__ x, int n)
+{
+    GRID_STRIDE_LOOP(i, n) { y[i] = x[i] * stable_sigmoid(x[i]); }
+}
+
+extern "C" __global__ void silu_backward(float* __restrict__ dx, const float* __restrict__ dy,
+                                         const float* __restrict__ x, int n)
+{
+    GRID_STRIDE_LOOP(i, n) {
+        const float s = stable_sigmoid(x[i]);
+        dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
     }
 }
 

@@ -1,12 +1,12 @@
-"""Print the LeNet-5 CPU step time of the numpy backend vs PyTorch CPU (thin wrapper)."""
+"""LeNet-5 training step on the numpy backend vs PyTorch CPU (thin wrapper).
 
-import argparse
+Same as: gpucnn bench --device cpu --train --train-models lenet5 --train-batch 128 --train-images 12800
+"""
 
-from gpucnn.bench.cpu_step import time_cpu_step
+import sys
+
+from gpucnn.bench.command import bench
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=30)
-    args = parser.parse_args()
-    print(time_cpu_step(batch_size=args.batch_size, repeats=args.repeats).format())
+    bench.main(["--device", "cpu", "--train", "--train-models", "lenet5", "--train-batch", "128",
+                "--train-images", "12800", *sys.argv[1:]], prog_name="gpucnn bench")

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from gpucnn import backend as backend_module
 from gpucnn.bench import cases, gate, report, shapes, timing, torch_peers
 from gpucnn.bench.command import bench
-from gpucnn.ops import numpy_ops
+from gpucnn.ops import OP_FAMILIES, numpy_ops
 
 TINY_SHAPES = [
     "conv:N=3,C=2,H=7,W=6,O=3,K=3,S=2,P=1",
@@ -76,19 +76,46 @@ def test_parse_shape_rejects_bad_specs(text, fragment):
     assert fragment in str(info.value)
 
 
-def test_named_sets_have_the_documented_layers():
-    lenet = shapes.named_set("lenet")
-    convs = [s for s in lenet if s.family == "conv"]
-    assert {s.params["N"] for s in convs} == {128, 512}
-    conv1 = next(s for s in convs if s.name == "conv1" and s.params["N"] == 128)
-    assert conv1.out_hw() == (28, 28) and conv1.params["C"] == 3 and conv1.params["O"] == 6
-    conv2 = next(s for s in convs if s.name == "conv2")
-    assert conv2.out_hw() == (10, 10)
-    vgg_convs = [s for s in shapes.named_set("vgg", (128,)) if s.family == "conv"]
-    assert {s.params["K"] for s in vgg_convs} == {3}
-    assert {s.params["H"] for s in vgg_convs} == {32, 16, 8}
-    assert max(s.params["O"] for s in vgg_convs) == 256 and min(s.params["O"] for s in vgg_convs) == 64
-    assert all(s.out_hw() == (s.params["H"], s.params["W"]) for s in vgg_convs)
+@pytest.mark.parametrize("set_name", sorted(shapes.NAMED_SETS))
+def test_named_sets_are_the_layer_shapes_a_forward_pass_of_the_shipped_config_sees(set_name):
+    """Each set is read off its config's model: check it against the inputs a real forward pass feeds
+    every conv, pool, batchnorm and dense layer (an independent derivation from output_shape)."""
+    from gpucnn import layers as L
+
+    model = shapes.set_model(set_name)
+    seen = {}
+    x = np.zeros((1, 3, 32, 32), dtype=np.float32)
+    for index, layer in enumerate(model.layers):
+        seen[index] = x.shape
+        x = layer.forward(x, training=False)
+    got = shapes.named_set(set_name, (4,))
+    labels = {s.label for s in got}
+    for index, layer in enumerate(model.layers):
+        _, c, *hw = seen[index]
+        if isinstance(layer, L.Conv2D):
+            want = (f"conv:N=4,C={c},H={hw[0]},W={hw[1]},O={layer.out_channels},K={layer.kernel_size[0]},"
+                    f"S={layer.stride[0]},P={layer.padding[0]}")
+        elif isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
+            want = f"pool:N=4,C={c},H={hw[0]},W={hw[1]},K={layer.kernel_size[0]},S={layer.stride[0]},P={layer.padding[0]}"
+        elif isinstance(layer, L.BatchNorm2D):
+            want = f"bn:N=4,C={c},H={hw[0]},W={hw[1]}"
+        elif isinstance(layer, L.Dense):
+            want = f"dense:N=4,I={c},O={layer.out_features}"
+        else:
+            continue
+        assert want in labels, (set_name, index, want)
+    assert len(labels) == len(got)  # no shape twice
+    sgd = [s for s in got if s.family == "sgd"]
+    assert len(sgd) == 1 and sgd[0].params["P"] == model.num_params()
+    assert [s for s in got if s.family == "loss"][0].params["K"] == x.shape[1] == 10
+
+
+def test_named_set_sizes_follow_the_configs():
+    vgg = shapes.named_set("vgg", (128,))
+    # configs/cifar10-vgg.toml: widths 32-64-128 (not the 64-256 VGG of older benchmark sets)
+    assert {s.params["O"] for s in vgg if s.family == "conv"} == {32, 64, 128}
+    assert [s.params["P"] for s in vgg if s.family == "sgd"] == [814570]
+    assert {s.params["N"] for s in shapes.named_set("lenet") if s.family == "conv"} == {128, 512}
     with pytest.raises(ValueError, match="unknown shape set 'resnet'"):
         shapes.named_set("resnet")
 
@@ -155,7 +182,7 @@ def test_gate_passes_float32_numpy_on_every_family():
     b = backend_module.create_backend("numpy")
     for text in TINY_SHAPES:
         shape = shapes.parse_shape(text)
-        for op in shapes.FAMILY_OPS[shape.family]:
+        for op in OP_FAMILIES[shape.family]:
             result = gate.check_op(op, shape, b, gate_batch=2)
             assert 0.0 <= result.max_rel_err <= result.tol, (op, result)
 
@@ -216,7 +243,7 @@ def test_cli_aborts_in_one_line_on_a_wrong_kernel(monkeypatch):
 def test_torch_peers_agree_with_numpy(text):
     torch = pytest.importorskip("torch")
     shape = shapes.parse_shape(text)
-    for op in shapes.FAMILY_OPS[shape.family]:
+    for op in OP_FAMILIES[shape.family]:
         if op in ("dropout_forward",):  # torch draws its own mask
             continue
         case = cases.build_case(op, shape, np.random.default_rng(3))
@@ -312,7 +339,7 @@ def test_numpy_run_writes_json_and_markdown(tmp_path):
     peers = ["torch-cpu"] if torch_peers.load_torch() is not None else []
     _check_result_schema(data, "numpy", peers)
     ops = {r["op"] for r in data["kernels"]}
-    assert ops == {op for fam in shapes.FAMILY_OPS.values() for op in fam}
+    assert ops == {op for fam in OP_FAMILIES.values() for op in fam}
     assert data["train"] == []
     assert "conv2d_backward_filter" in result.output and "GFLOP/s" in result.output
     markdown = md_path.read_text()
@@ -328,8 +355,8 @@ def test_ops_filter_and_named_set(tmp_path):
     assert result.exit_code == 0, result.output
     records = json.loads(json_path.read_text())["kernels"]
     assert [(r["op"], r["layer"]) for r in records] == [
-        ("conv2d_forward", "conv1"), ("maxpool2d_backward", "pool1"),
-        ("conv2d_forward", "conv2"), ("maxpool2d_backward", "pool2")]
+        ("conv2d_forward", "conv2d0"), ("maxpool2d_backward", "maxpool2d2"),
+        ("conv2d_forward", "conv2d3"), ("maxpool2d_backward", "maxpool2d5")]
     assert all(r["set"] == "lenet" and r["params"]["N"] == 2 and r["peers"] == {} for r in records)
 
 
@@ -400,12 +427,12 @@ def test_train_bench_on_numpy(tmp_path):
     assert "training" in result.output and "lenet5" in result.output
 
 
-def test_torch_twin_matches_the_vgg_spec():
+def test_torch_twin_matches_every_benchmarked_config():
     torch = pytest.importorskip("torch")
     from gpucnn.bench.train_bench import model_config, torch_twin
     from gpucnn.build import build_model
 
-    for name in ("lenet5", "vgg"):
+    for name in ("lenet5", "vgg", "cifar10-fast"):
         config, _ = model_config(name)
         twin = torch_twin(torch, config["model"]["layers"])
         with backend_module.use_backend("numpy"):
@@ -440,7 +467,7 @@ def test_emulated_run_checks_and_times_every_op(tmp_path):
     data = json.loads(json_path.read_text())
     peers = ["numpy"] + (["torch-cpu"] if torch_peers.load_torch() is not None else [])
     _check_result_schema(data, "emulated", peers)
-    assert {r["op"] for r in data["kernels"]} == {op for fam in shapes.FAMILY_OPS.values() for op in fam}
+    assert {r["op"] for r in data["kernels"]} == {op for fam in OP_FAMILIES.values() for op in fam}
     with backend_module.use_backend("emulated") as b:
         defaults = {op: names[0] for op, names in b.ops.variants.items()}
     for record in data["kernels"]:
@@ -458,7 +485,7 @@ def test_emulated_all_variants_side_by_side(tmp_path):
     _check_result_schema(data, "emulated", [])
     with backend_module.use_backend("emulated") as b:
         variants = b.ops.variants
-    for op in shapes.FAMILY_OPS["conv"]:
+    for op in OP_FAMILIES["conv"]:
         assert [r["variant"] for r in data["kernels"] if r["op"] == op] == list(variants[op]), op
 
 
@@ -479,3 +506,24 @@ def test_cuda_run_on_a_tiny_shape(tmp_path, cuda_backend):
     data = json.loads(json_path.read_text())
     assert data["device"]["backend"] == "cuda" and "cupy" in data["versions"]
     assert all(r["ours"]["timing"]["clock"] == "cuda-event" for r in data["kernels"])
+
+
+def test_bench_train_times_the_optimizer_train_builds(numpy_backend):
+    """bench --train assembles its run with build_run: same param groups as `gpucnn train`, and the
+    torch twin gets each param's lr scale, weight decay and frozen flag from ours."""
+    torch = pytest.importorskip("torch")
+    from gpucnn.bench.train_bench import _ours_step, model_config, torch_param_groups, torch_twin
+
+    config, _ = model_config("fast")
+    _, run = _ours_step(numpy_backend, config, 4, 0)
+    assert run.optimizer.groups and len(run.optimizer.groups) == len(config["optimizer"]["groups"])
+    net = torch_twin(torch, config["model"]["layers"])
+    groups = torch_param_groups(net, run.model, run.optimizer)
+    trainable = [(layer, name) for _, layer, name in run.model.parameters() if layer.is_trainable(name)]
+    assert len(groups) == len(trainable) == sum(p.requires_grad for p in net.parameters())
+    base = run.optimizer.lr
+    for group, (layer, name) in zip(groups, trainable):
+        scale, wd = run.optimizer.param_settings(layer, name)
+        assert group["lr"] == pytest.approx(base * scale) and group["weight_decay"] == wd
+    bn_bias_lrs = {g["lr"] for g, (layer, name) in zip(groups, trainable) if type(layer).__name__ == "BatchNorm2D"}
+    assert bn_bias_lrs == {pytest.approx(64 * base)}  # cifar10-fast: 64x lr on BatchNorm biases

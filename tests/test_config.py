@@ -163,13 +163,13 @@ def test_every_layer_type_builds(numpy_backend):
         {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "stride": 2, "bias": False, "init": "he_uniform"},
         {"type": "tanh"}, {"type": "maxpool2d", "kernel_size": 3, "stride": 1, "padding": 1},
         {"type": "sigmoid"}, {"type": "softplus"}, {"type": "scale", "factor": 0.5}, {"type": "flatten"},
-        {"type": "dropout", "p": 0.1}, {"type": "dense", "out_features": 3}, {"type": "relu"},
+        {"type": "dropout", "p": 0.1}, {"type": "dense", "out_features": 3}, {"type": "relu"}, {"type": "silu"},
     ]
     config = validate_config({"model": {"layers": specs}})
     model = build_model(config, (2, 16, 16), 3)
     names = [type(layer).__name__ for layer in model.layers]
     assert names == ["Conv2D", "BatchNorm2D", "GELU", "AvgPool2D", "Conv2D", "Tanh", "MaxPool2D", "Sigmoid",
-                     "Softplus", "Scale", "Flatten", "Dropout", "Dense", "ReLU"]
+                     "Softplus", "Scale", "Flatten", "Dropout", "Dense", "ReLU", "SiLU"]
     assert model.layers[0].params["W"].shape == (4, 2, 3, 5)
     assert "b" not in model.layers[4].params
     assert model.layers[12].params["W"].shape == (3, 4 * 3 * 3)  # 16 -> pool 8 -> 3x3 stride-2 conv 3

@@ -129,7 +129,7 @@ def test_overlapping_tied_maxima_accumulate_at_first_position():
     np.testing.assert_array_equal(dx[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
 
 
-@pytest.mark.parametrize("cls", [layers.ReLU, layers.Sigmoid, layers.Tanh, layers.Softplus, layers.GELU])
+@pytest.mark.parametrize("cls", list(layers.ACTIVATION_LAYERS.values()), ids=list(layers.ACTIVATION_LAYERS))
 def test_activation_gradients(cls):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 3, 5, 3)) * 3
@@ -140,7 +140,7 @@ def test_activation_gradients(cls):
 
 def test_activations_stable_for_large_inputs():
     x = np.array([-800.0, -40.0, 0.0, 40.0, 800.0])
-    for cls in (layers.Sigmoid, layers.Softplus, layers.GELU, layers.Tanh):
+    for cls in layers.ACTIVATION_LAYERS.values():
         layer = cls()
         y = layer.forward(x)
         assert np.all(np.isfinite(y)), cls

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpucnn import backend as backend_module
-from gpucnn.ops import ALL_OPS
+from gpucnn.ops import ACTIVATIONS, ALL_OPS
 from gpucnn.ops import numpy_ops as ref
 from gpucnn.ops.kernel_ops import VARIANTS
 
@@ -212,8 +212,7 @@ def test_dense(kb, shape):
         close(kb, got, want)
 
 
-@pytest.mark.parametrize("name,cached", [("relu", "y"), ("sigmoid", "y"), ("tanh", "y"),
-                                         ("softplus", "x"), ("gelu", "x")])
+@pytest.mark.parametrize("name,cached", [(a.name, a.cached[0]) for a in ACTIVATIONS])
 def test_activations(kb, name, cached):
     rng = np.random.default_rng(9)
     x = randn(rng, 3, 5, 7, scale=4.0)
@@ -222,7 +221,7 @@ def test_activations(kb, name, cached):
     got = getattr(kb.ops, f"{name}_forward")(kb.asarray(x))
     close(kb, got, y, rtol=4e-6, atol=1e-6)
     dy = randn(rng, *x.shape)
-    c = y if cached == "y" else x
+    c = y if cached == "o" else x  # "output" or "input"
     close(kb, getattr(kb.ops, f"{name}_backward")(kb.asarray(dy), kb.asarray(c)),
           getattr(ref, f"{name}_backward")(dy, c), rtol=4e-6, atol=1e-6)
 

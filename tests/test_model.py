@@ -7,7 +7,7 @@ import pytest
 
 from gpucnn import layers
 from gpucnn.model import Sequential
-from gpucnn.zoo import lenet5
+from reference_models import lenet5
 
 
 @pytest.fixture(autouse=True)

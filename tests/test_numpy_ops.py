@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from gpucnn.ops import ALL_OPS
+from gpucnn.ops import ACTIVATIONS, ALL_OPS
 from gpucnn.ops import numpy_ops as ops
 
 
@@ -27,7 +27,7 @@ def test_ops_keep_dtype(dtype):
     assert yp.dtype == dtype
     assert ops.maxpool2d_backward(yp, ops.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))[1], x.shape).dtype == dtype
     assert ops.avgpool2d_forward(x, (3, 3), (2, 2), (1, 1)).dtype == dtype
-    for name in ("relu", "sigmoid", "tanh", "softplus", "gelu"):
+    for name in (a.name for a in ACTIVATIONS):
         y = getattr(ops, f"{name}_forward")(x)
         assert y.dtype == dtype, name
         assert getattr(ops, f"{name}_backward")(x, y).dtype == dtype, name
@@ -158,3 +158,21 @@ def test_conv_and_pool_match_torch():
     np.testing.assert_array_equal(arg, ref_idx.numpy())
     ref_avg = torch.nn.functional.avg_pool2d(torch.tensor(x), 3, 2, 1, count_include_pad=True)
     np.testing.assert_allclose(ops.avgpool2d_forward(x, (3, 3), (2, 2), (1, 1)), ref_avg.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=[a.name for a in ACTIVATIONS])
+def test_every_activation_matches_torch_forward_and_backward(activation):
+    """Each op-table entry against torch.nn.functional's function of the same name (float64)."""
+    torch = pytest.importorskip("torch")
+    x = np.linspace(-6.0, 6.0, 241)
+    x[np.abs(x) < 1e-9] = 0.25  # relu's kink
+    dy = np.cos(3 * x)
+    forward, backward = activation.ops
+    y = getattr(ops, forward)(x)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = getattr(torch.nn.functional, activation.name)(xt)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-14)
+    cached = y if activation.cached == "output" else x
+    np.testing.assert_allclose(getattr(ops, backward)(dy, cached), xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+    assert getattr(torch.nn, activation.layer)  # the layer class name is torch's module name

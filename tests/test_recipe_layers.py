@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from test_gradients import check_layer
 
-from gpucnn import init, layers, optim, zoo
+import reference_models as zoo
+from gpucnn import init, layers, optim
 from gpucnn.model import Sequential
 from gpucnn.recipe import airbench_sgd_settings
 from gpucnn.tta import predict_tta
@@ -153,7 +154,7 @@ def test_airbench_settings_keep_airbench_steps():
 def test_cifar10_fast_config_builds_the_recipe(numpy_backend):
     from gpucnn.build import build_model
     from gpucnn.config import load_config, validate_config
-    from gpucnn.train import make_optimizer
+    from gpucnn.build import build_optimizer
 
     config = validate_config(load_config("cifar10-fast"))
     images = np.random.default_rng(6).standard_normal((3, 3, 32, 32)).astype(np.float32)
@@ -167,7 +168,7 @@ def test_cifar10_fast_config_builds_the_recipe(numpy_backend):
             np.testing.assert_array_equal(a.params[name], b.params[name])
         assert getattr(a, "eps", None) == getattr(b, "eps", None)
         assert getattr(a, "momentum", None) == pytest.approx(getattr(b, "momentum", None))
-    opt = make_optimizer(config, built)
+    opt = build_optimizer(config, built)
     want = airbench_sgd_settings(batch_size=config["data"]["batch_size"])
     assert opt.lr == pytest.approx(want["lr"]) and opt.weight_decay == pytest.approx(want["weight_decay"])
     assert opt.momentum == 0.85 and opt.nesterov

@@ -16,6 +16,7 @@ from gpucnn.cli import cli
 from gpucnn.config import apply_overrides, load_config, validate_config
 from gpucnn.backend import use_backend
 from gpucnn.data import load_dataset
+from gpucnn.build import build_run
 from gpucnn.train import Trainer, dropout_seed
 
 # digits with dropout, augmentation, Nesterov momentum, weight decay and a warm-up + cosine
@@ -45,7 +46,7 @@ def run_trainer(config, dataset, out, checkpoint=None, stop_at=None):
         if stop_at is not None and trainer.progress.global_step == stop_at:
             trainer.request_stop()
 
-    trainer = Trainer(config, dataset, out, checkpoint=checkpoint, echo=lambda s: None, progress_bar=False,
+    trainer = Trainer(build_run(config, dataset, checkpoint), out, echo=lambda s: None, progress_bar=False,
                       on_step=on_step)
     return trainer, trainer.fit()
 
@@ -93,7 +94,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, numpy_backe
 
 def test_dropout_seed_is_a_function_of_seed_epoch_step_and_layer(tmp_path, numpy_backend, config, digits):
     seen = []
-    trainer = Trainer(config, digits, tmp_path / "b", echo=lambda s: None, progress_bar=False,
+    trainer = Trainer(build_run(config, digits), tmp_path / "b", echo=lambda s: None, progress_bar=False,
                       on_step=lambda t: seen.append(t.model.layers[8].last_seed) or (
                           t.progress.global_step == 3 and t.request_stop()))
     trainer.fit()

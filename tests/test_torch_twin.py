@@ -27,7 +27,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-from gpucnn import losses, optim, zoo  # noqa: E402
+import reference_models as zoo  # noqa: E402
+from gpucnn import losses, optim  # noqa: E402
 from gpucnn.data.augment import Augment  # noqa: E402
 from gpucnn.data.loader import BatchLoader  # noqa: E402
 from gpucnn.layers import BatchNorm2D, Conv2D, Dense  # noqa: E402

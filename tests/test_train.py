@@ -17,6 +17,7 @@ from gpucnn.cli import cli
 from gpucnn.config import load_config, tomllib, validate_config
 from gpucnn.data import load_dataset
 from gpucnn.errors import TrainingError
+from gpucnn.build import build_run
 from gpucnn.train import Trainer
 
 RECORD = 1 + 3 * 32 * 32
@@ -91,7 +92,7 @@ def test_trainer_on_digits_beats_90_percent(tmp_path, numpy_backend):
     config = validate_config(load_config("digits"))
     config["training"]["epochs"] = 5
     lines = []
-    trainer = Trainer(config, load_dataset("digits"), tmp_path, echo=lines.append, progress_bar=False)
+    trainer = Trainer(build_run(config, load_dataset("digits")), tmp_path, echo=lines.append, progress_bar=False)
     result = trainer.fit()
     assert result.status == "completed" and result.epochs_done == 5
     assert result.best_test_acc > 0.9
@@ -139,7 +140,7 @@ def test_out_of_memory_names_the_batch_size(tmp_path, numpy_backend, monkeypatch
         pass
 
     config = validate_config(load_config("digits"))
-    trainer = Trainer(config, load_dataset("digits"), tmp_path, echo=lambda s: None, progress_bar=False)
+    trainer = Trainer(build_run(config, load_dataset("digits")), tmp_path, echo=lambda s: None, progress_bar=False)
 
     def boom(*args, **kwargs):
         raise OutOfMemoryError("out of memory allocating 1,073,741,824 bytes")
@@ -177,7 +178,7 @@ def test_corrupt_data_in_a_real_subprocess(tmp_path, tiny_cifar):
 def test_progress_bar_mode_shows_a_bar_and_the_summary(tmp_path, numpy_backend, capsys):
     config = validate_config(load_config("digits"))
     config["training"]["epochs"] = 1
-    Trainer(config, load_dataset("digits"), tmp_path, progress_bar=True).fit()
+    Trainer(build_run(config, load_dataset("digits")), tmp_path, progress_bar=True).fit()
     out = capsys.readouterr().out
     assert "epoch 1/1:" in out and "/45 [" in out  # the tqdm bar...
     assert "loss=" in out and "acc=" in out and "img_s=" in out  # ...with its postfix, set every log_every steps
@@ -204,7 +205,7 @@ def test_emulated_backend_trains_like_numpy(tmp_path, tiny_cifar):
 def test_cuda_training_on_digits(tmp_path, cuda_backend):
     config = validate_config(load_config("digits"))
     config["training"]["epochs"] = 3
-    trainer = Trainer(config, load_dataset("digits"), tmp_path, echo=lambda s: None, progress_bar=False)
+    trainer = Trainer(build_run(config, load_dataset("digits")), tmp_path, echo=lambda s: None, progress_bar=False)
     result = trainer.fit()
     assert result.best_test_acc > 0.85
     assert load_checkpoint(tmp_path / "last.npz").progress.epoch == 3

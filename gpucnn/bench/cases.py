@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpucnn.bench.shapes import Shape
-from gpucnn.ops import numpy_ops
+from gpucnn.ops import ACTIVATIONS, numpy_ops
 
 LABEL_SMOOTHING = 0.1
 DROPOUT_P = 0.5
@@ -86,8 +86,7 @@ def _pool_case(op: str, shape: Shape, rng) -> OpCase:
     raise KeyError(op)
 
 
-_ACT_BACKWARD_TAKES_Y = {"relu": numpy_ops.relu_forward, "sigmoid": numpy_ops.sigmoid_forward,
-                         "tanh": numpy_ops.tanh_forward}
+_ACTIVATIONS = {a.name: a for a in ACTIVATIONS}
 
 
 def _act_case(op: str, shape: Shape, rng) -> OpCase:
@@ -103,9 +102,9 @@ def _act_case(op: str, shape: Shape, rng) -> OpCase:
     if direction == "forward":
         return OpCase(op, shape, [x], None, 1)
     dy = _normal(rng, *dims)
-    if name in _ACT_BACKWARD_TAKES_Y:
-        return OpCase(op, shape, [dy, _ACT_BACKWARD_TAKES_Y[name](x)], None, 1)
-    return OpCase(op, shape, [dy, x], None, 1)  # softplus, gelu take the input
+    if _ACTIVATIONS[name].cached == "output":
+        return OpCase(op, shape, [dy, getattr(numpy_ops, f"{name}_forward")(x)], None, 1)
+    return OpCase(op, shape, [dy, x], None, 1)
 
 
 def _bn_case(op: str, shape: Shape, rng) -> OpCase:

@@ -13,9 +13,8 @@ from contextlib import contextmanager
 
 import click
 
+from gpucnn.backend import DEVICE_CHOICES
 from gpucnn.errors import GpucnnError
-
-DEVICES = ["auto", "cpu", "numpy", "cuda", "gpu", "emulated"]
 
 
 @contextmanager
@@ -64,14 +63,15 @@ def _command_argv() -> list[str]:
 
 @click.command(name="bench")
 @click.option("--set", "sets", multiple=True, metavar="NAME",
-              help="Named shape set: lenet (CIFAR-10 LeNet-5 layers) or vgg (3x3 convs 64-256 ch); repeatable.")
+              help="Named shape set, the layers of a shipped config: lenet (lenet5), vgg (cifar10-vgg), "
+                   "fast (cifar10-fast); repeatable.")
 @click.option("--shape", "shape_texts", multiple=True, metavar="SPEC",
               help="Custom shape, e.g. conv:N=128,C=64,H=32,W=32,O=128,K=3,S=1,P=1 (see benchmarks/README.md).")
 @click.option("--batches", default="128,512", show_default=True, metavar="N,N",
               help="Batch sizes of the named sets.")
 @click.option("--ops", "ops_text", default=None, metavar="LIST",
               help="Only these ops (comma-separated names or globs, e.g. 'conv2d_*,maxpool2d_forward').")
-@click.option("--device", type=click.Choice(DEVICES, case_sensitive=False), default="auto", show_default=True,
+@click.option("--device", type=click.Choice(DEVICE_CHOICES, case_sensitive=False), default="auto", show_default=True,
               help="Backend to benchmark: auto, cpu/numpy, cuda/gpu, emulated.")
 @click.option("--repeats", type=click.IntRange(1), default=20, show_default=True, help="Timed samples per measurement.")
 @click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Untimed calls first.")
@@ -85,7 +85,7 @@ def _command_argv() -> list[str]:
               help="Size of the reference SGEMM (default 8192 on cuda, 1024 on the CPU).")
 @click.option("--train", is_flag=True, help="Also time whole training steps and an epoch (LeNet-5, VGG).")
 @click.option("--train-models", default="lenet5,vgg", show_default=True, metavar="LIST",
-              help="Models for --train: lenet5, vgg.")
+              help="Models for --train: shipped config names (lenet5, cifar10-vgg, cifar10-fast, ...) or vgg/fast.")
 @click.option("--train-batch", default="128", show_default=True, metavar="N,N", help="Batch sizes for --train.")
 @click.option("--train-images", type=click.IntRange(1), default=50000, show_default=True,
               help="Images in one timed epoch for --train.")
@@ -105,7 +105,7 @@ def bench(sets, shape_texts, batches, ops_text, device, repeats, warmup, variant
     """
     from gpucnn.bench import shapes as shape_module
     from gpucnn.bench.kernels_bench import KernelBenchSettings, parse_variant_options, resolve_op_patterns
-    from gpucnn.bench.train_bench import MODELS, TrainSettings
+    from gpucnn.bench.train_bench import TrainSettings, model_config
 
     try:
         batch_sizes = _int_list(batches, "--batches")
@@ -115,8 +115,7 @@ def bench(sets, shape_texts, batches, ops_text, device, repeats, warmup, variant
         variants = parse_variant_options(variant_texts)
         models = _csv(train_models)
         for name in models:
-            if name not in MODELS:
-                raise ValueError(f"--train-models: unknown model {name!r}; expected one of {', '.join(MODELS)}")
+            model_config(name)  # an unknown name is a usage error before any timing
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     if not shape_list and not train:

@@ -36,7 +36,7 @@ def describe_environment(backend, torch=None, argv: list[str] | None = None) -> 
     versions = {"gpucnn": gpucnn.__version__, "numpy": np.__version__, "python": platform.python_version()}
     versions.update(torch_version_info(torch))
     device = {"backend": backend.name, "name": backend.device_name, "platform": platform.platform()}
-    if backend.name == "cuda":
+    if backend.on_device:
         xp = backend.xp
         versions["cupy"] = xp.__version__
         with contextlib.suppress(Exception):
@@ -58,7 +58,7 @@ def describe_environment(backend, torch=None, argv: list[str] | None = None) -> 
 
 def default_sgemm_size(backend) -> int:
     """8192 on the GPU (1.1 TFLOP per call), 1024 on the CPU."""
-    return 8192 if backend.name == "cuda" else 1024
+    return 8192 if backend.on_device else 1024
 
 
 def measure_references(backend, sgemm_size: int, repeats: int, warmup: int) -> dict:
@@ -71,7 +71,7 @@ def measure_references(backend, sgemm_size: int, repeats: int, warmup: int) -> d
     gemm: Timing = measure(lambda: xp.matmul(a, b), clock, repeats, warmup)
     flops = 2.0 * sgemm_size**3
     del a, b
-    elements = (64 << 20) if backend.name == "cuda" else (8 << 20)  # 256 MiB or 32 MiB
+    elements = (64 << 20) if backend.on_device else (8 << 20)  # 256 MiB or 32 MiB
     src = xp.ones(elements, dtype=np.float32)
     dst = xp.empty_like(src)
     copy: Timing = measure(lambda: xp.copyto(dst, src), clock, repeats, warmup)

@@ -17,10 +17,10 @@ import numpy as np
 from gpucnn.bench import torch_peers
 from gpucnn.bench.cases import OpCase, build_case, output_arrays
 from gpucnn.bench.gate import check_op, to_device
-from gpucnn.bench.shapes import FAMILY_OPS, Shape
+from gpucnn.bench.shapes import Shape
 from gpucnn.bench.timing import Clock, Timing, clock_for_backend, measure
 from gpucnn.errors import GpucnnError
-from gpucnn.ops import ALL_OPS, numpy_ops
+from gpucnn.ops import ALL_OPS, OP_FAMILIES, numpy_ops
 
 
 class BenchOptionError(GpucnnError):
@@ -54,7 +54,7 @@ def resolve_op_patterns(text: str | None) -> list[str] | None:
 
 
 def ops_for_shape(shape: Shape, patterns: list[str] | None) -> list[str]:
-    ops = FAMILY_OPS[shape.family]
+    ops = OP_FAMILIES[shape.family]
     if patterns is None:
         return list(ops)
     return [op for op in ops if any(fnmatch.fnmatchcase(op, p) for p in patterns)]
@@ -68,21 +68,9 @@ def available_variants(ops) -> dict[str, tuple[str, ...]]:
 
 def current_variant(ops, op: str) -> str | None:
     """The variant ``op`` runs now, or None when the backend has no variants for it."""
-    names = available_variants(ops).get(op)
-    if not names:
+    if op not in available_variants(ops):
         return None
-    for getter in ("get_variant", "variant"):
-        fn = getattr(ops, getter, None)
-        if callable(fn):
-            try:
-                return fn(op)
-            except Exception:
-                break
-    for attr in ("selected_variants", "active_variants", "current_variants", "_variant"):
-        table = getattr(ops, attr, None)
-        if isinstance(table, dict) and op in table:
-            return table[op]
-    return names[0]
+    return ops.variant(op)
 
 
 def apply_variants(backend, requested: dict[str, str]) -> None:
@@ -103,12 +91,12 @@ def apply_variants(backend, requested: dict[str, str]) -> None:
 
 
 def parse_variant_options(values: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """``["conv2d_forward=tiled", ...]`` -> {op: variant}; raise ValueError on bad syntax."""
+    """``["conv2d_forward=igemm", ...]`` -> {op: variant}; raise ValueError on bad syntax."""
     out: dict[str, str] = {}
     for text in values:
         op, eq, name = text.partition("=")
         if not eq or not op.strip() or not name.strip():
-            raise ValueError(f"--variant {text!r}: expected OP=VARIANT, e.g. conv2d_forward=tiled")
+            raise ValueError(f"--variant {text!r}: expected OP=VARIANT, e.g. conv2d_forward=igemm")
         out[op.strip()] = name.strip()
     return out
 
@@ -195,7 +183,7 @@ def _time_peers(backend, case: OpCase, settings, torch, modes, bytes_moved: int)
     peers: dict[str, dict] = {}
     if not settings.peers:
         return peers
-    if backend.name != "numpy" and backend.name != "cuda":
+    if backend.kernels and not backend.on_device:  # the emulator: NumPy is its natural peer
         peers["numpy"] = _timing_entry(_time_numpy(case, settings), case, bytes_moved, None)
     for mode in modes:
         try:
@@ -218,7 +206,7 @@ def run_kernel_bench(backend, settings: KernelBenchSettings, references: dict, t
                      log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Every (shape, op[, variant]) record of this run; raises BenchCheckError on a wrong kernel."""
     apply_variants(backend, settings.variants)
-    modes = torch_peers.peer_modes(backend.name, torch) if settings.peers else []
+    modes = torch_peers.peer_modes(backend, torch) if settings.peers else []
     records: list[dict] = []
     for shape in settings.shapes:
         for op in ops_for_shape(shape, settings.ops):

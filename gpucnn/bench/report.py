@@ -180,14 +180,13 @@ def write_markdown(result: dict, path) -> None:
 
 
 def write_plot(result: dict, path) -> None:
-    """Bar chart of ms per op/shape: ours vs each peer (log scale). Needs matplotlib."""
-    try:
-        import matplotlib
+    """Bar chart of ms per op/shape: ours vs each peer (log scale). Needs matplotlib, which
+    ``runner.check_output_paths`` makes sure of before any timing."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise BenchOutputError("--plot needs matplotlib: pip install matplotlib (or gpucnn[plot])") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     records = result.get("kernels") or []
     if not records:
         raise BenchOutputError("--plot: no kernel results to plot (run with --set/--shape)")

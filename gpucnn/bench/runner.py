@@ -50,7 +50,7 @@ def run_bench(device: str, kernel: KernelBenchSettings | None, train: TrainSetti
     with use_backend(device) as backend:
         result = {"schema": SCHEMA, **describe_environment(backend, torch, argv)}
         peers_on = (kernel.peers if kernel else False) or (train.peers if train else False)
-        modes = torch_peers.peer_modes(backend.name, torch) if peers_on else []
+        modes = torch_peers.peer_modes(backend, torch) if peers_on else []
         result["peer_modes"] = [mode.describe(torch) for mode in modes]
         if torch is None and peers_on:
             log("torch is not importable: no PyTorch peers in this run")

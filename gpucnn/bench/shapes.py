@@ -1,4 +1,9 @@
-"""Benchmark shapes: the named sets (``lenet``, ``vgg``) and the compact ``--shape`` syntax.
+"""Benchmark shapes: the named sets, read off the shipped configs, and the compact ``--shape`` syntax.
+
+Named sets (``--set``): ``lenet`` (configs/lenet5.toml), ``vgg`` (configs/cifar10-vgg.toml),
+``fast`` (configs/cifar10-fast.toml). Each is the distinct layer shapes of the model that
+config builds for 3x32x32 CIFAR-10 images, plus the loss and one ``sgd`` shape holding the
+model's parameter count, so the kernels are timed at exactly the shapes training runs.
 
 A shape is a *family* (which ops it feeds) plus integer parameters::
 
@@ -37,23 +42,6 @@ _DEFAULTS: dict[str, dict[str, int]] = {
     "sgd": {},
 }
 _MINIMUM = {"P": 0}  # padding may be 0; every other key must be >= 1
-
-FAMILY_OPS: dict[str, tuple[str, ...]] = {
-    "conv": ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_filter", "conv2d_backward_bias"),
-    "pool": ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward"),
-    "act": (
-        "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
-        "tanh_forward", "tanh_backward", "softplus_forward", "softplus_backward",
-        "gelu_forward", "gelu_backward", "dropout_forward", "dropout_backward",
-    ),
-    "bn": ("batchnorm2d_forward", "batchnorm2d_inference", "batchnorm2d_backward"),
-    "dense": ("dense_forward", "dense_backward"),
-    "loss": (
-        "softmax_cross_entropy_forward", "softmax_cross_entropy_backward", "mse_forward", "mse_backward",
-    ),
-    "sgd": ("sgd_update",),
-}
-
 
 @dataclass(frozen=True)
 class Shape:
@@ -123,60 +111,62 @@ def parse_shape(text: str, set_name: str = "custom") -> Shape:
     return shape
 
 
-def _conv(name, n, c, hw, o, k, s=1, p=0, set_name=""):
-    return Shape("conv", {"N": n, "C": c, "H": hw, "W": hw, "O": o, "K": k, "S": s, "P": p}, name, set_name)
-
-
-def _pool(name, n, c, hw, k=2, s=2, p=0, set_name=""):
-    return Shape("pool", {"N": n, "C": c, "H": hw, "W": hw, "K": k, "S": s, "P": p}, name, set_name)
-
-
-def _lenet(n: int) -> list[Shape]:
-    """CIFAR-10 LeNet-5: conv5x5(3->6) pool, conv5x5(6->16) pool, dense 400-120-84-10 (62,006 params)."""
-    s = "lenet"
-    return [
-        _conv("conv1", n, 3, 32, 6, 5, set_name=s),
-        Shape("act", {"N": n, "C": 6, "H": 28, "W": 28}, "relu1", s),
-        _pool("pool1", n, 6, 28, set_name=s),
-        _conv("conv2", n, 6, 14, 16, 5, set_name=s),
-        _pool("pool2", n, 16, 10, set_name=s),
-        Shape("dense", {"N": n, "I": 400, "O": 120}, "fc1", s),
-        Shape("dense", {"N": n, "I": 120, "O": 84}, "fc2", s),
-        Shape("dense", {"N": n, "I": 84, "O": 10}, "fc3", s),
-        Shape("loss", {"N": n, "K": 10}, "loss", s),
-    ]
-
-
-def _vgg(n: int) -> list[Shape]:
-    """VGG-style 3x3 convs (pad 1), 64-256 channels, 32x32 down to 8x8, with BN/ReLU/pool."""
-    s = "vgg"
-    return [
-        _conv("conv1_1", n, 3, 32, 64, 3, 1, 1, s),
-        _conv("conv1_2", n, 64, 32, 64, 3, 1, 1, s),
-        Shape("bn", {"N": n, "C": 64, "H": 32, "W": 32}, "bn1", s),
-        Shape("act", {"N": n, "C": 64, "H": 32, "W": 32}, "act1", s),
-        _pool("pool1", n, 64, 32, set_name=s),
-        _conv("conv2_1", n, 64, 16, 128, 3, 1, 1, s),
-        _conv("conv2_2", n, 128, 16, 128, 3, 1, 1, s),
-        _pool("pool2", n, 128, 16, set_name=s),
-        _conv("conv3_1", n, 128, 8, 256, 3, 1, 1, s),
-        _conv("conv3_2", n, 256, 8, 256, 3, 1, 1, s),
-        Shape("bn", {"N": n, "C": 256, "H": 8, "W": 8}, "bn3", s),
-        Shape("loss", {"N": n, "K": 10}, "loss", s),
-    ]
-
-
-NAMED_SETS = {"lenet": _lenet, "vgg": _vgg}
+# Set name -> the shipped config it is read off.
+NAMED_SETS = {"lenet": "lenet5", "vgg": "cifar10-vgg", "fast": "cifar10-fast"}
 SET_BATCHES = (128, 512)
-# Whole-model parameter counts, for the sgd_update rows of each set.
-SET_PARAMS = {"lenet": 62006, "vgg": 1_150_000}
+SET_INPUT = ((3, 32, 32), 10)  # CIFAR-10 images and classes
 
 
-def named_set(name: str, batches: tuple[int, ...] = SET_BATCHES) -> list[Shape]:
-    """The shapes of a named set at each batch size, plus one sgd_update shape for the model."""
+def _layer_shape(layer, n: int, shape: tuple[int, ...], name: str, set_name: str) -> Shape | None:
+    """The benchmark shape of one built layer at batch ``n`` and per-sample input ``shape``."""
+    from gpucnn import layers as L
+
+    if isinstance(layer, L.Conv2D):
+        params = {"N": n, "C": shape[0], "H": shape[1], "W": shape[2], "O": layer.out_channels,
+                  "K": layer.kernel_size[0], "S": layer.stride[0], "P": layer.padding[0]}
+        return Shape("conv", params, name, set_name)
+    if isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
+        params = {"N": n, "C": shape[0], "H": shape[1], "W": shape[2], "K": layer.kernel_size[0],
+                  "S": layer.stride[0], "P": layer.padding[0]}
+        return Shape("pool", params, name, set_name)
+    if isinstance(layer, L.BatchNorm2D):
+        return Shape("bn", {"N": n, "C": shape[0], "H": shape[1], "W": shape[2]}, name, set_name)
+    if isinstance(layer, (L.ActivationLayer, L.Dropout)) and len(shape) == 3:
+        return Shape("act", {"N": n, "C": shape[0], "H": shape[1], "W": shape[2]}, name, set_name)
+    if isinstance(layer, L.Dense):
+        return Shape("dense", {"N": n, "I": layer.in_features, "O": layer.out_features}, name, set_name)
+    return None
+
+
+def set_model(name: str):
+    """The Sequential the shipped config of set ``name`` builds (numpy backend, CIFAR-10 input)."""
+    from gpucnn.backend import use_backend
+    from gpucnn.build import build_model
+    from gpucnn.config import load_config, validate_config
+
     key = name.strip().lower()
     if key not in NAMED_SETS:
         raise ValueError(f"unknown shape set {name!r}; expected one of {', '.join(NAMED_SETS)}")
-    shapes = [shape for n in batches for shape in NAMED_SETS[key](int(n))]
-    shapes.append(Shape("sgd", {"P": SET_PARAMS[key]}, "params", key))
+    with use_backend("numpy"):
+        return build_model(validate_config(load_config(NAMED_SETS[key])), *SET_INPUT)
+
+
+def named_set(name: str, batches: tuple[int, ...] = SET_BATCHES) -> list[Shape]:
+    """The distinct layer shapes of set ``name`` at each batch size, the loss, and one sgd_update
+    shape with the model's parameter count. Layers are named by type and index, e.g. ``conv2d0``."""
+    key = name.strip().lower()
+    model = set_model(key)
+    input_shape, classes = SET_INPUT
+    shapes: list[Shape] = []
+    for n in batches:
+        seen: set[str] = set()
+        shape = input_shape
+        for index, layer in enumerate(model.layers):
+            found = _layer_shape(layer, int(n), shape, f"{type(layer).__name__.lower()}{index}", key)
+            if found is not None and found.label not in seen:
+                seen.add(found.label)
+                shapes.append(found)
+            shape = tuple(layer.output_shape(shape))
+        shapes.append(Shape("loss", {"N": int(n), "K": classes}, "loss", key))
+    shapes.append(Shape("sgd", {"P": model.num_params()}, "params", key))
     return shapes

@@ -116,7 +116,7 @@ class TorchEventClock(EventClock):
 
 def clock_for_backend(backend) -> Clock:
     """CUDA events for the cuda backend, perf_counter otherwise."""
-    if backend.name == "cuda":
+    if backend.on_device:
         return CupyEventClock(backend.xp)
     return Clock()
 

@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from gpucnn.bench.cases import OpCase
+from gpucnn.ops import ACTIVATIONS
 
 
 def load_torch():
@@ -61,15 +62,19 @@ class PeerMode:
         return info
 
 
-def peer_modes(backend_name: str, torch) -> list[PeerMode]:
-    """Which torch peers run next to a backend: GPU pair on cuda (when torch sees a GPU), else CPU."""
+def peer_modes(backend, torch) -> list[PeerMode]:
+    """Which torch peers run next to a backend: GPU pair on a GPU backend (when torch sees a GPU), else CPU."""
     if torch is None:
         return []
-    if backend_name == "cuda":
+    if backend.on_device:
         if not torch.cuda.is_available():
             return []
         return [PeerMode("torch-fp32", "cuda", False), PeerMode("torch-default", "cuda", None)]
     return [PeerMode("torch-cpu", "cpu", None)]
+
+
+_ACTIVATION_NAMES = {a.name for a in ACTIVATIONS}
+_ATEN_BACKWARD = {"relu": ("threshold_backward", (0,)), "softplus": ("softplus_backward", (1, 20))}
 
 
 def _pair(v) -> list[int]:
@@ -117,21 +122,16 @@ def make_peer(case: OpCase, torch, device: str) -> Callable[[], object] | None:
         dy, x_shape, k, s, p = a
         dy_t, x_t = t(dy), torch.empty(x_shape, device=device)
         return lambda: aten.avg_pool2d_backward(dy_t, x_t, _pair(k), _pair(s), _pair(p), False, True, None)
-    if op in ("relu_forward", "sigmoid_forward", "tanh_forward", "softplus_forward", "gelu_forward"):
-        fn = {"relu_forward": torch.relu, "sigmoid_forward": torch.sigmoid, "tanh_forward": torch.tanh,
-              "softplus_forward": F.softplus, "gelu_forward": F.gelu}[op]
-        x = t(a[0])
+    name, _, direction = op.rpartition("_")
+    if name in _ACTIVATION_NAMES and direction == "forward":
+        fn, x = getattr(F, name), t(a[0])  # torch.nn.functional has each activation under its op name
         return lambda: fn(x)
-    if op in ("relu_backward", "sigmoid_backward", "tanh_backward", "softplus_backward", "gelu_backward"):
+    if name in _ACTIVATION_NAMES and direction == "backward":
         dy, other = t(a[0]), t(a[1])
-        backward = {
-            "relu_backward": lambda: aten.threshold_backward(dy, other, 0),
-            "sigmoid_backward": lambda: aten.sigmoid_backward(dy, other),
-            "tanh_backward": lambda: aten.tanh_backward(dy, other),
-            "softplus_backward": lambda: aten.softplus_backward(dy, other, 1, 20),
-            "gelu_backward": lambda: aten.gelu_backward(dy, other),
-        }
-        return backward[op]
+        # aten's backward of each activation, with its extra arguments (relu's is a threshold op)
+        fn, extra = _ATEN_BACKWARD.get(name, (f"{name}_backward", ()))
+        backward = getattr(aten, fn)
+        return lambda: backward(dy, other, *extra)
     if op == "dropout_forward":
         x, p = t(a[0]), a[1]
         return lambda: F.dropout(x, p, training=True)

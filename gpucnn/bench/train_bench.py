@@ -1,11 +1,11 @@
 """Whole training steps and epochs: our model vs the same network in PyTorch eager.
 
-Models come as ``model.layers`` specs (the config format): ``lenet5`` (the shipped
-``lenet5`` config when present, else the built-in spec below) and ``vgg`` (the shipped
-``cifar10-vgg`` config when present, else the built-in VGG spec). Ours is built with
-``gpucnn.build.build_model``; the PyTorch twin is built from the same specs. Data are synthetic
-CIFAR-shaped batches already on the device; one step = forward, softmax cross-entropy,
-backward, SGD update (momentum/weight decay from the config). An "epoch" runs
+Models are shipped configs, named by config (``lenet5``, ``cifar10-vgg``, ``cifar10-fast``...)
+or by their shape-set name (``vgg``, ``fast``; see ``gpucnn.bench.shapes.NAMED_SETS``). Ours is
+assembled by ``gpucnn.build.build_run`` exactly as ``gpucnn train`` does (optimizer with its
+param groups, loss with its label smoothing), on a synthetic CIFAR-shaped dataset; the PyTorch
+twin is built from the same layer specs with the same per-parameter lr and weight decay.
+One step = forward, softmax cross-entropy, backward, SGD update. An "epoch" runs
 ``images // batch`` steps back to back with no host synchronization inside.
 """
 
@@ -16,34 +16,11 @@ from typing import Callable
 
 import numpy as np
 
+from gpucnn.bench.shapes import NAMED_SETS, SET_INPUT
 from gpucnn.bench.timing import Clock, clock_for_backend, measure
 
-INPUT_SHAPE = (3, 32, 32)
-NUM_CLASSES = 10
+INPUT_SHAPE, NUM_CLASSES = SET_INPUT
 DATA_POOL = 8  # distinct synthetic batches cycled through
-
-LENET5_LAYERS = [
-    {"type": "conv2d", "out_channels": 6, "kernel_size": 5}, {"type": "relu"},
-    {"type": "maxpool2d", "kernel_size": 2},
-    {"type": "conv2d", "out_channels": 16, "kernel_size": 5}, {"type": "relu"},
-    {"type": "maxpool2d", "kernel_size": 2},
-    {"type": "flatten"},
-    {"type": "dense", "out_features": 120}, {"type": "relu"},
-    {"type": "dense", "out_features": 84}, {"type": "relu"},
-    {"type": "dense", "out_features": NUM_CLASSES},
-]
-
-
-def _vgg_block(channels: int) -> list[dict]:
-    conv = {"type": "conv2d", "out_channels": channels, "kernel_size": 3, "padding": 1, "bias": False}
-    return [conv, {"type": "batchnorm2d"}, {"type": "relu"}, dict(conv), {"type": "batchnorm2d"}, {"type": "relu"},
-            {"type": "maxpool2d", "kernel_size": 2}]
-
-
-VGG_LAYERS = [*_vgg_block(64), *_vgg_block(128), *_vgg_block(256), {"type": "flatten"},
-              {"type": "dense", "out_features": NUM_CLASSES}]
-
-MODELS = {"lenet5": ("lenet5", LENET5_LAYERS), "vgg": ("cifar10-vgg", VGG_LAYERS)}
 
 
 @dataclass
@@ -58,21 +35,30 @@ class TrainSettings:
 
 
 def model_config(name: str) -> tuple[dict, str]:
-    """(validated config, where it came from) for a model name of MODELS."""
-    from gpucnn.config import load_config, validate_config
-    from gpucnn.errors import ConfigError
+    """(validated config, where it came from) for a shipped config name or a shape-set alias."""
+    from gpucnn.config import load_config, shipped_config_names, validate_config
 
-    if name not in MODELS:
-        raise ValueError(f"--train-models: unknown model {name!r}; expected one of {', '.join(MODELS)}")
-    shipped, layers = MODELS[name]
-    try:
-        return validate_config(load_config(shipped)), f"configs/{shipped}.toml"
-    except ConfigError:
-        return validate_config({"model": {"layers": layers}}), "built-in spec (gpucnn/bench/train_bench.py)"
+    shipped = NAMED_SETS.get(name, name)
+    if shipped not in shipped_config_names():
+        known = sorted({*NAMED_SETS, *shipped_config_names()})
+        raise ValueError(f"--train-models: unknown model {name!r}; expected one of {', '.join(known)}")
+    return validate_config(load_config(shipped)), f"configs/{shipped}.toml"
+
+
+def _torch_scale(torch, factor: float):
+    """A torch module for gpucnn's Scale layer (y = factor * x)."""
+
+    class Scale(torch.nn.Module):
+        def forward(self, x):
+            return x * factor
+
+    return Scale()
 
 
 def torch_twin(torch, specs: list[dict], input_shape=INPUT_SHAPE):
-    """``torch.nn.Sequential`` with the layers of ``specs`` (validated config entries)."""
+    """``torch.nn.Sequential`` with the layers of ``specs`` (validated config entries), module for layer."""
+    from gpucnn.layers import ACTIVATION_LAYERS
+
     nn = torch.nn
     shape = tuple(input_shape)
     modules = []
@@ -81,6 +67,10 @@ def torch_twin(torch, specs: list[dict], input_shape=INPUT_SHAPE):
         if kind == "conv2d":
             module = nn.Conv2d(shape[0], spec["out_channels"], spec["kernel_size"], stride=spec["stride"],
                                padding=spec["padding"], bias=spec["bias"])
+        elif kind == "whitening_conv2d":
+            k = spec["kernel_size"]
+            kh, kw = (k, k) if isinstance(k, int) else k
+            module = nn.Conv2d(shape[0], 2 * shape[0] * kh * kw, (kh, kw), bias=spec["bias"])
         elif kind in ("maxpool2d", "avgpool2d"):
             stride = spec.get("stride") or spec["kernel_size"]
             module = (nn.MaxPool2d(spec["kernel_size"], stride, spec["padding"]) if kind == "maxpool2d"
@@ -91,13 +81,36 @@ def torch_twin(torch, specs: list[dict], input_shape=INPUT_SHAPE):
             module = nn.BatchNorm2d(shape[0], eps=spec["eps"], momentum=spec["momentum"], affine=spec["affine"])
         elif kind == "dropout":
             module = nn.Dropout(spec["p"])
+        elif kind == "scale":
+            module = _torch_scale(torch, spec["factor"])
+        elif kind == "flatten":
+            module = nn.Flatten()
         else:
-            module = {"flatten": nn.Flatten, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh,
-                      "softplus": nn.Softplus, "gelu": nn.GELU}[kind]()
+            module = getattr(nn, ACTIVATION_LAYERS[kind].__name__)()
         modules.append(module)
         with torch.no_grad():
             shape = tuple(module(torch.zeros((1, *shape))).shape[1:])
     return nn.Sequential(*modules)
+
+
+def torch_param_groups(net, model, optimizer) -> list[dict]:
+    """torch SGD param groups giving each twin param the lr scale and weight decay ours uses.
+
+    Both models list their params in the same order (layer by layer; W/weight then b/bias,
+    gamma then beta); frozen params of ours get ``requires_grad = False`` in the twin.
+    """
+    ours = [(layer, name) for _, layer, name in model.parameters()]
+    theirs = list(net.parameters())
+    if len(ours) != len(theirs):
+        raise ValueError(f"torch twin has {len(theirs)} params, ours {len(ours)}")
+    groups = []
+    for (layer, name), param in zip(ours, theirs):
+        if not layer.is_trainable(name):
+            param.requires_grad_(False)
+            continue
+        lr_scale, wd = optimizer.param_settings(layer, name)
+        groups.append({"params": [param], "lr": optimizer.lr * lr_scale, "weight_decay": wd})
+    return groups
 
 
 def _synthetic(batch: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,17 +120,27 @@ def _synthetic(batch: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarra
     return x, y
 
 
-def _ours_step(backend, config: dict, batch: int, seed: int) -> tuple[Callable[[], None], int]:
-    from gpucnn import losses, optim
+def synthetic_dataset(images: int, seed: int):
+    """A CIFAR-shaped uint8 Dataset of random images: what build_run fits normalization
+    (and a whitening layer) to in the benchmark."""
+    from gpucnn.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(images, *INPUT_SHAPE), dtype=np.uint8)
+    y = rng.integers(0, NUM_CLASSES, size=images).astype(np.int64)
+    return Dataset("synthetic", x, y, x[:1], y[:1], [str(k) for k in range(NUM_CLASSES)])
+
+
+def _ours_step(backend, config: dict, batch: int, seed: int):
+    """(step function, run) for ``config`` at ``batch`` on ``backend`` (which must be current)."""
     from gpucnn.backend import get_backend
-    from gpucnn.build import build_model
+    from gpucnn.build import build_run
 
     if get_backend() is not backend:
         raise RuntimeError("run_train_bench: make the benchmark backend current first (use_backend)")
-    model = build_model(config, INPUT_SHAPE, NUM_CLASSES, seed=seed)
-    o = config["optimizer"]
-    opt = optim.SGD(model, o["lr"], momentum=o["momentum"], nesterov=o["nesterov"], weight_decay=o["weight_decay"])
-    loss_fn = losses.SoftmaxCrossEntropy(label_smoothing=config["loss"]["label_smoothing"])
+    config = {**config, "data": {**config["data"], "batch_size": batch}}
+    run = build_run(config, synthetic_dataset(max(batch, 256), seed), backend=backend)
+    model, optimizer, loss_fn = run.model, run.optimizer, run.loss_fn
     xs, ys = _synthetic(batch, DATA_POOL, seed)
     data = [(backend.asarray(x), backend.asarray(y)) for x, y in zip(xs, ys)]
     counter = [0]
@@ -127,17 +150,17 @@ def _ours_step(backend, config: dict, batch: int, seed: int) -> tuple[Callable[[
         counter[0] += 1
         loss_fn.forward(model.forward(x, training=True), y)
         model.backward(loss_fn.backward(), input_grad=False)
-        opt.step()
+        optimizer.step()
 
-    return step, model.num_params()
+    return step, run
 
 
-def _torch_step(torch, device: str, config: dict, batch: int, seed: int) -> Callable[[], None]:
+def _torch_step(torch, device: str, config: dict, batch: int, seed: int, run) -> Callable[[], None]:
     torch.manual_seed(seed)
     net = torch_twin(torch, config["model"]["layers"]).to(device).train()
     o = config["optimizer"]
-    opt = torch.optim.SGD(net.parameters(), lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
-                          weight_decay=o["weight_decay"])
+    opt = torch.optim.SGD(torch_param_groups(net, run.model, run.optimizer), lr=o["lr"], momentum=o["momentum"],
+                          nesterov=o["nesterov"])
     smoothing = config["loss"]["label_smoothing"]
     xs, ys = _synthetic(batch, DATA_POOL, seed)
     data = [(torch.from_numpy(x).to(device), torch.from_numpy(y.astype(np.int64)).to(device)) for x, y in zip(xs, ys)]
@@ -182,7 +205,8 @@ def run_train_bench(backend, settings: TrainSettings, torch=None, modes=(),
     for name in settings.models:
         config, source = model_config(name)
         for batch in settings.batches:
-            step, n_params = _ours_step(backend, config, batch, settings.seed)
+            step, run = _ours_step(backend, config, batch, settings.seed)
+            n_params = run.model.num_params()
             ours = {"model": name, "source": source, "batch": batch, "impl": f"ours ({backend.name})",
                     "params": n_params, **_time_training(step, clock_for_backend(backend), batch, settings),
                     "ratio": None}
@@ -192,7 +216,7 @@ def run_train_bench(backend, settings: TrainSettings, torch=None, modes=(),
             for mode in (modes if settings.peers else ()):
                 try:
                     with mode.active(torch):
-                        peer_step = _torch_step(torch, mode.device, config, batch, settings.seed)
+                        peer_step = _torch_step(torch, mode.device, config, batch, settings.seed, run)
                         figures = _time_training(peer_step, torch_clock(torch, mode.device), batch, settings)
                 except Exception as exc:  # a failing peer is reported, never fatal
                     log(f"  {name} batch {batch} {mode.name}: failed ({type(exc).__name__}: {exc})"[:300])

@@ -1,6 +1,6 @@
 """Layers: Conv2D, pooling, Dense, activations, Dropout, Flatten, BatchNorm2D, Scale."""
 
-from gpucnn.layers.activations import GELU, ReLU, Sigmoid, Softplus, Tanh
+from gpucnn.layers.activations import ACTIVATION_LAYERS, ActivationLayer
 from gpucnn.layers.base import Layer
 from gpucnn.layers.conv import Conv2D
 from gpucnn.layers.dense import Dense
@@ -17,12 +17,14 @@ __all__ = [
     "AvgPool2D",
     "Dense",
     "Flatten",
-    "ReLU",
-    "Sigmoid",
-    "Tanh",
-    "Softplus",
-    "GELU",
+    *(cls.__name__ for cls in ACTIVATION_LAYERS.values()),
     "Dropout",
     "BatchNorm2D",
     "Scale",
+    "ActivationLayer",
+    "ACTIVATION_LAYERS",
 ]
+
+globals().update({cls.__name__: cls for cls in ACTIVATION_LAYERS.values()})
+# Layers with parameters that optimizer groups may name by class (``optimizer.groups[].layer``).
+PARAMETRIC_LAYERS = (Conv2D, Dense, BatchNorm2D)

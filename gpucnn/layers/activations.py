@@ -1,15 +1,19 @@
-"""Element-wise activation layers (any input shape; dtype kept)."""
+"""Element-wise activation layers (any input shape; dtype kept), one per ``gpucnn.ops.ACTIVATIONS`` entry.
+
+Each class (``ReLU``, ``Sigmoid``, ``Tanh``, ``Softplus``, ``GELU``, ``SiLU``) is made from
+its op-table entry, so a new activation needs no edit here.
+"""
 
 from __future__ import annotations
 
 from gpucnn.layers.base import Layer
+from gpucnn.ops import ACTIVATIONS, Activation
 
 
-class _Activation(Layer):
-    """Caches the output (``_cache_input = False``) or the input for its backward pass."""
+class ActivationLayer(Layer):
+    """Caches the output or the input (as ``activation.cached`` says) for its backward pass."""
 
-    _op = ""
-    _cache_input = False
+    activation: Activation
 
     def __init__(self) -> None:
         super().__init__(None)
@@ -17,35 +21,22 @@ class _Activation(Layer):
 
     def forward(self, x, training: bool = True):
         self.check_input(x, x.ndim, "")
-        y = getattr(self.ops, f"{self._op}_forward")(x)
-        self._cache = x if self._cache_input else y
+        forward, _ = self.activation.ops
+        y = getattr(self.ops, forward)(x)
+        self._cache = x if self.activation.cached == "input" else y
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
         if self._cache is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
-        return getattr(self.ops, f"{self._op}_backward")(dy, self._cache)
+        _, backward = self.activation.ops
+        return getattr(self.ops, backward)(dy, self._cache)
 
 
-class ReLU(_Activation):
-    _op = "relu"
-
-
-class Sigmoid(_Activation):
-    _op = "sigmoid"
-
-
-class Tanh(_Activation):
-    _op = "tanh"
-
-
-class Softplus(_Activation):
-    _op = "softplus"
-    _cache_input = True
-
-
-class GELU(_Activation):
-    """x * Phi(x), exact erf form."""
-
-    _op = "gelu"
-    _cache_input = True
+# Config type name ("relu") -> layer class (ReLU).
+ACTIVATION_LAYERS: dict[str, type[ActivationLayer]] = {
+    a.name: type(a.layer, (ActivationLayer,), {"activation": a, "__module__": __name__,
+                                               "__doc__": f"{a.layer} activation (ops {a.ops[0]}/{a.ops[1]})."})
+    for a in ACTIVATIONS
+}
+globals().update({cls.__name__: cls for cls in ACTIVATION_LAYERS.values()})

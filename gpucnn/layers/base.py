@@ -76,11 +76,21 @@ class Layer:
     def xp(self):
         return self.backend.xp
 
+    # Layers that draw randomness per training step (Dropout) say so; the training loop
+    # then hands them a seed derived from (run seed, epoch, step, layer index) each step,
+    # which makes an interrupted-and-resumed run repeat the uninterrupted one exactly.
+    takes_step_seed = False
+
     def forward(self, x, training: bool = True):
         raise NotImplementedError
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
+        """Fill ``grads`` and return dL/dx. ``input_grad=False``: dL/dx is not needed (the
+        first layer of a training step); a layer may then skip computing it and return None."""
         raise NotImplementedError
+
+    def set_step_seed(self, seed: int) -> None:
+        """The uint32 seed of the next training forward (only called when ``takes_step_seed``)."""
 
     def __call__(self, x, training: bool = True):
         return self.forward(x, training=training)

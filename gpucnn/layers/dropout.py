@@ -13,6 +13,8 @@ class Dropout(Layer):
     Evaluation mode is the identity.
     """
 
+    takes_step_seed = True
+
     def __init__(self, p: float = 0.5, rng=None) -> None:
         super().__init__(None)
         if not 0.0 <= float(p) < 1.0:
@@ -33,7 +35,10 @@ class Dropout(Layer):
         y, self._mask = self.ops.dropout_forward(x, self.p, seed)
         return y
 
-    def backward(self, dy):
+    def set_step_seed(self, seed: int) -> None:
+        self.next_seed = int(seed)
+
+    def backward(self, dy, input_grad: bool = True):
         return dy if self._mask is None else self.ops.dropout_backward(dy, self._mask)
 
     def __repr__(self) -> str:

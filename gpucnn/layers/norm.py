@@ -64,7 +64,7 @@ class BatchNorm2D(Layer):
         self._cache = (x, mean, invstd)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
         if self._cache is None:
             raise RuntimeError(f"{self.name}: backward needs a training-mode forward first")
         x, mean, invstd = self._cache

@@ -47,7 +47,7 @@ class MaxPool2D(_Pool2D):
         y, self._argmax = self.ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
         if self._x_shape is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
         return self.ops.maxpool2d_backward(dy, self._argmax, self._x_shape)
@@ -60,7 +60,7 @@ class AvgPool2D(_Pool2D):
         self._check(x)
         return self.ops.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
         if self._x_shape is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
         return self.ops.avgpool2d_backward(dy, self._x_shape, self.kernel_size, self.stride, self.padding)

@@ -22,7 +22,7 @@ class Scale(Layer):
         self._seen_forward = True
         return x * x.dtype.type(self.factor)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
         if not self._seen_forward:
             raise RuntimeError(f"{self.name}: backward called before forward")
         return dy * dy.dtype.type(self.factor)

@@ -22,7 +22,7 @@ class Flatten(Layer):
         self._x_shape = tuple(x.shape)
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
         if self._x_shape is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
         return dy.reshape(self._x_shape)

@@ -29,12 +29,14 @@ Dense, x: (N, I), w: (O, I), b: (O,):
   dense_forward(x, w, b) -> y (N, O)                       y = x @ w.T + b
   dense_backward(dy, x, w) -> (dx (N, I), dw (O, I), db (O,))
 
-Activations (any shape); backward takes what the layer cached:
+Activations (any shape), one pair per entry of ``ACTIVATIONS`` below; backward takes what
+the layer cached (the output y or the input x, as the entry says):
   relu_forward(x) -> y;      relu_backward(dy, y) -> dx
   sigmoid_forward(x) -> y;   sigmoid_backward(dy, y) -> dx
   tanh_forward(x) -> y;      tanh_backward(dy, y) -> dx
   softplus_forward(x) -> y;  softplus_backward(dy, x) -> dx     (stable for large |x|)
   gelu_forward(x) -> y;      gelu_backward(dy, x) -> dx         (exact erf form)
+  silu_forward(x) -> y;      silu_backward(dy, x) -> dx         (x * sigmoid(x), a.k.a. Swish)
   dropout_forward(x, p, seed) -> (y, mask)                 inverted dropout; ``mask`` holds
       0 or 1/(1-p), drawn from a counter-based hash of (seed, flat index) that every
       backend computes identically (see numpy_ops.dropout_keep_uniform); seed: int in [0, 2**32)
@@ -60,6 +62,37 @@ Batch normalization (per channel over N, H, W), x: (N, C, H, W), gamma/beta: (C,
   batchnorm2d_backward(dy, x, gamma, mean, invstd) -> (dx, dgamma, dbeta)
 """
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One element-wise activation: ops ``{name}_forward(x)`` and ``{name}_backward(dy, cached)``.
+
+    ``cached`` is what backward takes: "output" (y) or "input" (x). ``layer`` is the class
+    name of its layer in gpucnn.layers, which is also its torch.nn module's name; ``name``
+    is its config ``type`` and torch.nn.functional's name. Adding an activation means an
+    entry here, its NumPy pair in np_activations.py and its kernel pair in kernels/activations.cu.
+    """
+
+    name: str
+    cached: str
+    layer: str
+
+    @property
+    def ops(self) -> tuple[str, str]:
+        return (f"{self.name}_forward", f"{self.name}_backward")
+
+
+ACTIVATIONS = (
+    Activation("relu", "output", "ReLU"),
+    Activation("sigmoid", "output", "Sigmoid"),
+    Activation("tanh", "output", "Tanh"),
+    Activation("softplus", "input", "Softplus"),
+    Activation("gelu", "input", "GELU"),
+    Activation("silu", "input", "SiLU"),
+)
+
 CONV_OPS = (
     "conv2d_forward",
     "conv2d_backward_data",
@@ -68,20 +101,7 @@ CONV_OPS = (
 )
 POOL_OPS = ("maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward")
 DENSE_OPS = ("dense_forward", "dense_backward")
-ACTIVATION_OPS = (
-    "relu_forward",
-    "relu_backward",
-    "sigmoid_forward",
-    "sigmoid_backward",
-    "tanh_forward",
-    "tanh_backward",
-    "softplus_forward",
-    "softplus_backward",
-    "gelu_forward",
-    "gelu_backward",
-    "dropout_forward",
-    "dropout_backward",
-)
+ACTIVATION_OPS = tuple(op for a in ACTIVATIONS for op in a.ops) + ("dropout_forward", "dropout_backward")
 LOSS_OPS = (
     "softmax_cross_entropy_forward",
     "softmax_cross_entropy_backward",
@@ -90,5 +110,16 @@ LOSS_OPS = (
 )
 OPTIM_OPS = ("sgd_update",)
 NORM_OPS = ("batchnorm2d_forward", "batchnorm2d_inference", "batchnorm2d_backward")
+
+# Op families: which ops one benchmark shape family feeds (gpucnn.bench.shapes).
+OP_FAMILIES: dict[str, tuple[str, ...]] = {
+    "conv": CONV_OPS,
+    "pool": POOL_OPS,
+    "act": ACTIVATION_OPS,
+    "bn": NORM_OPS,
+    "dense": DENSE_OPS,
+    "loss": LOSS_OPS,
+    "sgd": OPTIM_OPS,
+}
 
 ALL_OPS = CONV_OPS + POOL_OPS + DENSE_OPS + ACTIVATION_OPS + LOSS_OPS + OPTIM_OPS + NORM_OPS

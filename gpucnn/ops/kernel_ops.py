@@ -27,6 +27,8 @@ import math
 
 import numpy as np
 
+from gpucnn.ops import ACTIVATIONS
+
 THREADS = 256
 MAX_GRID = 65535
 IGEMM_TILE = 64
@@ -329,36 +331,6 @@ class KernelOps:
         return dx, dw, db
 
     # ---- activations ------------------------------------------------------------------
-    def relu_forward(self, x):
-        return self._unary("relu_forward", x)
-
-    def relu_backward(self, dy, y):
-        return self._binary_backward("relu_backward", dy, y)
-
-    def sigmoid_forward(self, x):
-        return self._unary("sigmoid_forward", x)
-
-    def sigmoid_backward(self, dy, y):
-        return self._binary_backward("sigmoid_backward", dy, y)
-
-    def tanh_forward(self, x):
-        return self._unary("tanh_forward", x)
-
-    def tanh_backward(self, dy, y):
-        return self._binary_backward("tanh_backward", dy, y)
-
-    def softplus_forward(self, x):
-        return self._unary("softplus_forward", x)
-
-    def softplus_backward(self, dy, x):
-        return self._binary_backward("softplus_backward", dy, x)
-
-    def gelu_forward(self, x):
-        return self._unary("gelu_forward", x)
-
-    def gelu_backward(self, dy, x):
-        return self._binary_backward("gelu_backward", dy, x)
-
     def dropout_forward(self, x, p, seed):
         """(y, mask): inverted dropout with the shared counter-based hash of (seed, index)."""
         if not 0.0 <= p < 1.0:
@@ -475,3 +447,23 @@ class KernelOps:
                              (dx, dgamma, dbeta, dy, x, gamma, mean, invstd, *_i32(n, c, h * w)))
         return dx, dgamma, dbeta
 
+
+
+def _activation_methods(name: str):
+    forward, backward = f"{name}_forward", f"{name}_backward"
+
+    def forward_op(self, x):
+        return self._unary(forward, x)
+
+    def backward_op(self, dy, cached):
+        return self._binary_backward(backward, dy, cached)
+
+    forward_op.__name__, backward_op.__name__ = forward, backward
+    return forward_op, backward_op
+
+
+# Every activation of the op contract runs its kernels/activations.cu pair of the same names.
+for _activation in ACTIVATIONS:
+    for _method in _activation_methods(_activation.name):
+        setattr(KernelOps, _method.__name__, _method)
+del _activation, _method

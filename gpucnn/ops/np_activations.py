@@ -114,6 +114,17 @@ def gelu_backward(dy, x):
     return (dy * grad).astype(dy.dtype, copy=False)
 
 
+def silu_forward(x):
+    """x * sigmoid(x) (SiLU, a.k.a. Swish)."""
+    return (x * sigmoid_forward(x)).astype(x.dtype, copy=False)
+
+
+def silu_backward(dy, x):
+    """dy * s * (1 + x * (1 - s)) with s = sigmoid(x)."""
+    s = sigmoid_forward(x)
+    return (dy * s * (1 + x * (1 - s))).astype(dy.dtype, copy=False)
+
+
 def lowbias32(x) -> np.ndarray:
     """Chris Wellons' lowbias32 integer hash on uint32 arrays (wraparound arithmetic)."""
     x = np.asarray(x, dtype=np.uint32).copy()

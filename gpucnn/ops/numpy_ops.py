@@ -4,23 +4,14 @@ Vectorized NumPy in float32 or float64 (the dtype of the inputs is kept); the
 reference every CUDA kernel is checked against. The parts live in np_*.py.
 """
 
+from gpucnn.ops import ACTIVATIONS, np_activations
 from gpucnn.ops.np_activations import (  # noqa: F401
     dropout_backward,
     dropout_forward,
     dropout_keep_uniform,
     erf_np,
     erfc_np,
-    gelu_backward,
-    gelu_forward,
     lowbias32,
-    relu_backward,
-    relu_forward,
-    sigmoid_backward,
-    sigmoid_forward,
-    softplus_backward,
-    softplus_forward,
-    tanh_backward,
-    tanh_forward,
 )
 from gpucnn.ops.np_conv import (  # noqa: F401
     conv2d_backward_bias,
@@ -48,3 +39,9 @@ from gpucnn.ops.np_pool import (  # noqa: F401
     maxpool2d_backward,
     maxpool2d_forward,
 )
+
+# Every activation pair of the op contract, taken from np_activations by name.
+for _activation in ACTIVATIONS:
+    for _op in _activation.ops:
+        globals()[_op] = getattr(np_activations, _op)
+del _activation, _op

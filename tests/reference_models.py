@@ -1,4 +1,7 @@
-"""Ready-made models."""
+"""Test-only reference models, written out layer by layer, independently of configs/*.toml.
+
+The shipped configs are the only model definitions gpucnn has; these Python twins exist so
+tests can check that a config builds the intended network (and to drive the PyTorch twins)."""
 
 from __future__ import annotations
 
