@@ -86,11 +86,14 @@ def _series(records: list[dict], key: str, scale: float = 1.0) -> tuple[list, li
 
 
 def _curve_axes(fig):
+    from matplotlib.ticker import MaxNLocator
+
     axes = fig.subplots(1, 3)
     titles = ("loss", "accuracy (%)", "learning rate")
     for ax, title in zip(axes, titles):
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("cross-entropy")
     axes[1].set_ylabel("% correct")
@@ -187,7 +190,9 @@ def confusion_figure(confusion, classes, output, normalize: bool = False, title:
     ax = fig.subplots()
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(float(values.max()), 1e-9))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the true class" if normalize else "images")
-    ax.set_xticks(range(k), labels=[str(c) for c in classes], rotation=45 if k > 5 else 0, ha="right" if k > 5 else "center")
+    rotate = max(len(str(c)) for c in classes) * k > 40  # long names would overlap side by side
+    ax.set_xticks(range(k), labels=[str(c) for c in classes], rotation=45 if rotate else 0,
+                  ha="right" if rotate else "center")
     ax.set_yticks(range(k), labels=[str(c) for c in classes])
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -207,7 +212,7 @@ def confusion_figure(confusion, classes, output, normalize: bool = False, title:
 
 
 # Benchmarks --------------------------------------------------------------------------------
-GROUP_SPLIT_ABOVE = 40  # a family with more records than this gets one figure per op
+GROUP_SPLIT_ABOVE = 50  # a family with more records than this gets one figure per op
 
 
 def bench_groups(records: list[dict]) -> dict[str, list[dict]]:
@@ -283,7 +288,7 @@ def _bench_group_figure(group, members, series, colors, path: Path, device_name:
     ax.set_yticks(range(n), labels=[_record_label(r) for r in members], fontsize=7)
     ax.invert_yaxis()
     if values:
-        ax.set_xlim(min(values) / 1.5, max(values) * 12)  # room for the text right of the longest bar
+        ax.set_xlim(min(values) / 1.5, max(values) * 4)  # room for the text right of the longest bar
     ax.set_xlabel("median time per call (ms, log scale); ours/peer > 1 (red): gpucnn slower")
     ax.grid(True, axis="x", which="both", alpha=0.25)
     ax.legend(loc="lower right", fontsize=8)
