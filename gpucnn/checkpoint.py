@@ -12,6 +12,8 @@ Keys:
                                      is a counter-based function of (seed, epoch, step), so seed and
                                      progress are the complete RNG state
   ``data/mean``, ``data/std``        (C,) normalization the model was trained with
+  ``data/classes``                   (K,) str class names by label (optional: absent before it was added)
+  ``data/input_shape``               (3,) int64 per-sample input (C, H, W) (optional, likewise)
   ``config/toml``                    the resolved config as TOML text
   ``format/version``                 CHECKPOINT_VERSION
 Files are written to a temp file in the same directory and renamed into place.
@@ -55,10 +57,17 @@ class Checkpoint:
     seed: int
     mean: np.ndarray
     std: np.ndarray
+    classes: list[str] | None = None  # None: written without them (older gpucnn)
+    input_shape: tuple[int, int, int] | None = None
 
 
-def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, mean, std) -> None:
-    """Write a checkpoint atomically (temp file + ``os.replace``)."""
+def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, mean, std,
+                    classes=None, input_shape=None) -> None:
+    """Write a checkpoint atomically (temp file + ``os.replace``).
+
+    ``classes`` (K names by label) and ``input_shape`` (C, H, W) are what prediction needs
+    besides the model; either may be None (not stored).
+    """
     arrays: dict[str, np.ndarray] = {f"model/{k}": v for k, v in model.state_dict().items()}
     if optimizer is not None:
         arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
@@ -74,6 +83,16 @@ def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, me
         "config/toml": np.array(dumps_toml(config)),
         "format/version": np.int64(CHECKPOINT_VERSION),
     })
+    if classes is not None:
+        names = [str(c) for c in classes]
+        if not names:
+            raise ValueError("save_checkpoint: classes must name at least one class")
+        arrays["data/classes"] = np.array(names, dtype=str)
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"save_checkpoint: input_shape must be (C, H, W) positive ints, got {input_shape!r}")
+        arrays["data/input_shape"] = np.array(shape, dtype=np.int64)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as f:
@@ -113,6 +132,8 @@ def load_checkpoint(path) -> Checkpoint:
         seed=int(arrays["rng/seed"]),
         mean=arrays["data/mean"],
         std=arrays["data/std"],
+        classes=[str(c) for c in arrays["data/classes"]] if "data/classes" in arrays else None,
+        input_shape=tuple(int(s) for s in arrays["data/input_shape"]) if "data/input_shape" in arrays else None,
     )
 
 

@@ -7,6 +7,7 @@ wants numbers (every ``log_every`` steps and at the end of an epoch).
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -71,8 +72,19 @@ def per_class_table(confusion: np.ndarray, classes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def utc_timestamp(now: datetime.datetime | None = None) -> str:
+    """Wall-clock time as ISO-8601 UTC to the second, e.g. ``2026-12-02T05:12:33Z``."""
+    now = datetime.datetime.now(datetime.timezone.utc) if now is None else now.astimezone(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per epoch, rewritten atomically after each epoch."""
+    """``metrics.jsonl``: one JSON object per epoch, rewritten atomically after each epoch.
+
+    ``append`` stamps each new record with ``"time"`` (``utc_timestamp()``, when it was
+    logged) beside its ``"seconds"`` (the epoch's duration); records kept from a resumed
+    run keep their own times.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -93,6 +105,8 @@ class MetricsLog:
         self.records = kept
 
     def append(self, record: dict) -> None:
+        """Add ``record`` (stamped in place with ``"time"`` unless it has one) and rewrite the file."""
+        record.setdefault("time", utc_timestamp())
         self.records.append(record)
         text = "".join(json.dumps(_jsonable(r), allow_nan=True) + "\n" for r in self.records)
         write_text_atomic(self.path, text)

@@ -52,7 +52,7 @@ def run_trainer(config, dataset, out, checkpoint=None, stop_at=None):
 
 
 def strip_timing(records):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s", "time")} for r in records]
 
 
 def metrics(out):
