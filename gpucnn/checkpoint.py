@@ -15,12 +15,14 @@ Keys:
   ``data/classes``                   (K,) str class names by label (optional: absent before it was added)
   ``data/input_shape``               (3,) int64 per-sample input (C, H, W) (optional, likewise)
   ``config/toml``                    the resolved config as TOML text
+  ``metrics/jsonl``                  the metrics.jsonl rows of the completed epochs (optional)
   ``format/version``                 CHECKPOINT_VERSION
 Files are written to a temp file in the same directory and renamed into place.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import numpy as np
 from gpucnn.atomic import atomic_open
 from gpucnn.config import dumps_toml, parse_toml, validate_config
 from gpucnn.errors import GpucnnError
+from gpucnn.metrics import jsonl_text
 
 CHECKPOINT_VERSION = 1
 
@@ -59,14 +62,17 @@ class Checkpoint:
     std: np.ndarray
     classes: list[str] | None = None  # None: written without them (older gpucnn)
     input_shape: tuple[int, int, int] | None = None
+    history: list[dict] = field(default_factory=list)  # the metrics.jsonl records of the epochs done
 
 
 def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, mean, std,
-                    classes=None, input_shape=None) -> None:
+                    classes=None, input_shape=None, history=None) -> None:
     """Write a checkpoint atomically (temp file + ``os.replace``).
 
     ``classes`` (K names by label) and ``input_shape`` (C, H, W) are what prediction needs
-    besides the model; either may be None (not stored).
+    besides the model; either may be None (not stored). ``history``: the metrics records of
+    the epochs done, so that a run killed between writing this file and metrics.jsonl gets
+    every row back on resume.
     """
     arrays: dict[str, np.ndarray] = {f"model/{k}": v for k, v in model.state_dict().items()}
     if optimizer is not None:
@@ -83,6 +89,8 @@ def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, me
         "config/toml": np.array(dumps_toml(config)),
         "format/version": np.int64(CHECKPOINT_VERSION),
     })
+    if history:
+        arrays["metrics/jsonl"] = np.array(jsonl_text(history))
     if classes is not None:
         names = [str(c) for c in classes]
         if not names:
@@ -99,49 +107,109 @@ def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, me
         np.savez(f, **arrays)
 
 
-def load_checkpoint(path) -> Checkpoint:
-    """Read a checkpoint written by ``save_checkpoint``; CheckpointError when it is not one."""
-    path = Path(path)
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``path``; CheckpointError saying what is wrong with the file."""
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a folder, expected a .npz file such as {path / 'last.npz'}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot read it ({exc.strerror})") from None
+    # Checked first because NumPy takes any other file for a pickle and advises allow_pickle=True.
+    if magic != b"PK\x03\x04":
+        what = "a single .npy array" if magic == b"\x93NUM" else "empty" if not magic else "not an .npz (zip) archive"
+        raise CheckpointError(f"checkpoint {path}: not a readable .npz file ({what})")
+    try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError, EOFError...
-        raise CheckpointError(f"checkpoint {path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
-    needed = ("format/version", "config/toml", "progress/epoch", "rng/seed", "data/mean", "data/std")
+            return {k: data[k] for k in data.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise CheckpointError(f"checkpoint {path}: holds pickled (object) arrays, which gpucnn never loads; "
+                                  "it is not a gpucnn checkpoint") from None
+        raise CheckpointError(f"checkpoint {path}: not a readable .npz file ({exc})") from None
+    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError, zlib.error...
+        raise CheckpointError(f"checkpoint {path}: not a readable .npz file, truncated or corrupt "
+                              f"({type(exc).__name__}: {exc})") from None
+
+
+def _scalar(arrays: dict, key: str, path: Path, kind: str, minimum=None, maximum=None):
+    """The 0-d array ``arrays[key]`` as int ("i") or float ("f"), range-checked."""
+    value = arrays[key]
+    if value.shape != () or value.dtype.kind not in ("iu" if kind == "i" else "iuf"):
+        what = "an integer" if kind == "i" else "a number"
+        raise CheckpointError(f"checkpoint {path}: {key} must be {what} (a 0-d array), "
+                              f"got {value.dtype.name} of shape {value.shape}")
+    number = int(value) if kind == "i" else float(value)
+    if not np.isfinite(number) or (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        bounds = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise CheckpointError(f"checkpoint {path}: {key} = {number} is out of range (expected {bounds})")
+    return number
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint written by ``save_checkpoint``; CheckpointError naming the file and what is wrong."""
+    path = Path(path)
+    arrays = _read_arrays(path)
+    needed = ("format/version", "config/toml", "progress/epoch", "progress/step_in_epoch", "progress/global_step",
+              "progress/best_test_acc", "progress/partial_sums", "rng/seed", "data/mean", "data/std")
     missing = [k for k in needed if k not in arrays]
     if missing:
         raise CheckpointError(f"checkpoint {path}: not a gpucnn training checkpoint (missing {', '.join(missing)})")
-    version = int(arrays["format/version"])
+    version = _scalar(arrays, "format/version", path, "i")
     if version != CHECKPOINT_VERSION:
         raise CheckpointError(f"checkpoint {path}: format version {version}, this gpucnn reads {CHECKPOINT_VERSION}")
-    config = validate_config(parse_toml(str(arrays["config/toml"]), f"{path} (embedded config)"))
+    toml_text = arrays["config/toml"]
+    if toml_text.shape != () or toml_text.dtype.kind != "U":
+        raise CheckpointError(f"checkpoint {path}: config/toml must be a text string, got {toml_text.dtype.name}")
+    config = validate_config(parse_toml(str(toml_text), f"{path} (embedded config)"))
+    partial = arrays["progress/partial_sums"]
+    if partial.shape != (3,) or partial.dtype.kind != "f" or not np.all(np.isfinite(partial)) or np.any(partial < 0):
+        raise CheckpointError(f"checkpoint {path}: progress/partial_sums must be 3 finite non-negative numbers, "
+                              f"got {partial.dtype.name} {partial.shape}")
+    mean, std = arrays["data/mean"], arrays["data/std"]
+    for key, value in (("data/mean", mean), ("data/std", std)):
+        if value.ndim != 1 or value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+            raise CheckpointError(f"checkpoint {path}: {key} must be finite per-channel numbers (C,), "
+                                  f"got {value.dtype.name} {value.shape}")
+    if mean.shape != std.shape or np.any(std <= 0):
+        raise CheckpointError(f"checkpoint {path}: data/std must be positive and as long as data/mean "
+                              f"({std.shape} vs {mean.shape})")
+    for key, value in arrays.items():
+        if key.startswith(("model/", "optim/")) and value.dtype.kind != "f":
+            raise CheckpointError(f"checkpoint {path}: {key} must be a float array, got {value.dtype.name}")
     progress = Progress(
-        epoch=int(arrays["progress/epoch"]),
-        step_in_epoch=int(arrays["progress/step_in_epoch"]),
-        global_step=int(arrays["progress/global_step"]),
-        best_test_acc=float(arrays["progress/best_test_acc"]),
-        partial_sums=np.array(arrays["progress/partial_sums"], dtype=np.float64),
+        epoch=_scalar(arrays, "progress/epoch", path, "i", 0),
+        step_in_epoch=_scalar(arrays, "progress/step_in_epoch", path, "i", 0),
+        global_step=_scalar(arrays, "progress/global_step", path, "i", 0),
+        best_test_acc=_scalar(arrays, "progress/best_test_acc", path, "f", -1.0, 1.0),
+        partial_sums=np.array(partial, dtype=np.float64),
     )
+    history = []
+    if "metrics/jsonl" in arrays:
+        history = [json.loads(line) for line in str(arrays["metrics/jsonl"]).splitlines() if line.strip()]
     return Checkpoint(
         model_state={k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")},
         optim_state={k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
         config=config,
         progress=progress,
-        seed=int(arrays["rng/seed"]),
-        mean=arrays["data/mean"],
-        std=arrays["data/std"],
+        seed=_scalar(arrays, "rng/seed", path, "i", 0, 2**32 - 1),
+        mean=mean,
+        std=std,
         classes=[str(c) for c in arrays["data/classes"]] if "data/classes" in arrays else None,
         input_shape=tuple(int(s) for s in arrays["data/input_shape"]) if "data/input_shape" in arrays else None,
+        history=history,
     )
 
 
-def restore(checkpoint: Checkpoint, model, optimizer=None, path="checkpoint") -> None:
+def restore(checkpoint: Checkpoint, model, optimizer=None, path=None) -> None:
     """Load a checkpoint's params/state into ``model`` (and velocities into ``optimizer``)."""
     try:
         model.load_state_dict(checkpoint.model_state)
         if optimizer is not None:
             optimizer.load_state_dict(checkpoint.optim_state)
     except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit the model of its config: {exc}") from None
+        where = f"checkpoint {path}" if path is not None else "the checkpoint"
+        raise CheckpointError(f"{where} does not fit the model of its own config: {exc}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import os
 import platform
 import sys
 import time
@@ -24,11 +25,7 @@ from gpucnn.errors import ConfigError, GpucnnError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-
-class _Interrupted(Exception):
-    pass
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; a run stopped by SIGTERM/SIGHUP exits 128 + that signal
 
 
 @contextlib.contextmanager
@@ -47,9 +44,15 @@ def user_errors():
     except KeyboardInterrupt:
         click.echo("gpucnn: interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as exc:  # the machine said no: disk full, permissions, a vanished folder...
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"gpucnn: error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(EXIT_ERROR)
     except Exception as exc:
         if is_out_of_memory(exc):
-            click.echo(f"gpucnn: error: out of device memory ({exc}); try a smaller --batch-size", err=True)
+            what = "host" if isinstance(exc, MemoryError) else "device"
+            click.echo(f"gpucnn: error: out of {what} memory ({type(exc).__name__}); try a smaller --batch-size",
+                       err=True)
             sys.exit(EXIT_ERROR)
         raise
 
@@ -95,20 +98,29 @@ def _device_option(f):
               help="Output directory (default: runs/<config>-<time>, or the checkpoint's directory with --resume).")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="Continue from a checkpoint (its config is used; options and --set still apply).")
+@click.option("--overwrite", is_flag=True,
+              help="Allow --out to replace a run already there (or to resume from an older checkpoint of it).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key by dotted name, e.g. --set optimizer.lr=0.05 (value as a TOML literal).")
-def train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overrides) -> None:
+def train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overwrite, overrides) -> None:
     """Train a model from a config; writes config.toml, metrics.jsonl, last.npz and best.npz to --out."""
     with user_errors():
-        status = _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overrides)
-    if status == "interrupted":
-        sys.exit(EXIT_INTERRUPTED)
+        result = _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overwrite,
+                        overrides)
+    if result.status == "interrupted":
+        sys.exit(128 + result.signal if result.signal else EXIT_INTERRUPTED)
 
 
-def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overrides) -> str:
+def _device(option: str | None, config: dict) -> str:
+    """The backend to use: --device, else GPUCNN_BACKEND, else the config's training.device."""
+    return option or os.environ.get(backend_module.ENV_VAR) or config["training"]["device"]
+
+
+def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overwrite, overrides):
     from gpucnn.build import build_run
     from gpucnn.checkpoint import load_checkpoint
     from gpucnn.config import apply_overrides, load_config, validate_config
+    from gpucnn.rundir import check_out_dir, prepare_out_dir
     from gpucnn.train import Trainer
 
     checkpoint = None
@@ -130,10 +142,13 @@ def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, r
         click.echo(f"gpucnn: note: seed changed from {checkpoint.seed} to {config['training']['seed']}; "
                    "the rest of the run will not match the original one", err=True)
 
-    backend = backend_module.set_backend(config["training"]["device"])
-    dataset = _load_dataset(config)
     out_dir = Path(out) if out else (Path(resume).parent if resume else
                                      Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    # Before any data is loaded or backend started: never lose an earlier run, fail fast on a bad --out.
+    check_out_dir(out_dir, Path(resume) if resume else None, overwrite)
+    prepare_out_dir(out_dir, clear=overwrite and not resume)
+    backend = backend_module.set_backend(_device(device, config))
+    dataset = _load_dataset(config)
     trainer = Trainer(build_run(config, dataset, checkpoint, checkpoint_path=resume), out_dir, echo=click.echo)
     click.echo(f"device: {backend.device_name} ({backend.name} backend)")
     click.echo(f"data: {dataset.name}, {len(dataset.y_train)} train / {len(dataset.y_test)} test images "
@@ -150,7 +165,7 @@ def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, r
     if result.status == "completed":
         best = f"{100 * result.best_test_acc:.2f}%" if result.best_test_acc >= 0 else "n/a"
         click.echo(f"done: {result.epochs_done} epochs, best test accuracy {best}; checkpoints in {out_dir}")
-    return result.status
+    return result
 
 
 def _toml_literal(value) -> str:
@@ -189,7 +204,11 @@ def _evaluate(path, data_dir, device, batch_size, tta) -> None:
     config = ckpt.config
     if data_dir is not None:
         config["data"]["data_dir"] = data_dir
-    backend = backend_module.set_backend(device or config["training"]["device"])
+    if tta and not config["data"]["augment"]["flip"]:
+        raise ConfigError(f"--tta averages each image with its mirror, but {path} was trained without flips "
+                          "(data.augment.flip = false), so mirrored images are new to it (mirrored digits "
+                          "are different digits); evaluate without --tta")
+    backend = backend_module.set_backend(_device(device, config))
     dataset = _load_dataset(config)
     run = build_run(config, dataset, ckpt, train=False, eval_batch_size=batch_size, checkpoint_path=path)
     start = time.perf_counter()

@@ -106,10 +106,26 @@ class MetricsLog:
 
     def append(self, record: dict) -> None:
         """Add ``record`` (stamped in place with ``"time"`` unless it has one) and rewrite the file."""
+        self.add(record)
+        self.write()
+
+    def add(self, record: dict) -> None:
+        """Add ``record`` (stamped with ``"time"`` unless it has one) without writing the file yet."""
         record.setdefault("time", utc_timestamp())
         self.records.append(record)
-        text = "".join(json.dumps(_jsonable(r), allow_nan=True) + "\n" for r in self.records)
-        write_text_atomic(self.path, text)
+
+    def replace(self, records: list[dict]) -> None:
+        """Make ``records`` the whole log (a resumed run's history, from its checkpoint) and write it."""
+        self.records = [dict(r) for r in records]
+        self.write()
+
+    def write(self) -> None:
+        write_text_atomic(self.path, jsonl_text(self.records))
+
+
+def jsonl_text(records: list[dict]) -> str:
+    """One strict-JSON line per record."""
+    return "".join(json.dumps(_jsonable(r), allow_nan=True) + "\n" for r in records)
 
 
 def _jsonable(record: dict) -> dict:

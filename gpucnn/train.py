@@ -37,6 +37,7 @@ from gpucnn.config import write_config
 from gpucnn.errors import TrainingError
 from gpucnn.evaluate import evaluate_model
 from gpucnn.metrics import MetricsLog, RunningMetrics
+from gpucnn.rundir import checkpoint_epoch, prepare_out_dir
 
 
 def dropout_seed(seed: int, epoch: int, step: int, layer_index: int) -> int:
@@ -45,8 +46,9 @@ def dropout_seed(seed: int, epoch: int, step: int, layer_index: int) -> int:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for a device out-of-memory error (CuPy's OutOfMemoryError and kin), found by class name."""
-    return any("OutOfMemory" in cls.__name__ for cls in type(exc).__mro__)
+    """True for running out of memory: host (MemoryError, the numpy backend) or device (CuPy's
+    OutOfMemoryError and kin, found by class name)."""
+    return isinstance(exc, MemoryError) or any("OutOfMemory" in cls.__name__ for cls in type(exc).__mro__)
 
 
 @dataclass
@@ -55,28 +57,39 @@ class FitResult:
     epochs_done: int
     best_test_acc: float
     last_record: dict | None
+    signal: int | None = None  # what stopped an interrupted run (SIGINT, SIGTERM, SIGHUP), None for request_stop
+
+
+# Ctrl-C, and what schedulers send before preemption or when the terminal goes away.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class _StopFlag:
-    """SIGINT sets a flag the loop checks between steps (a second Ctrl-C interrupts at once)."""
+    """A stop signal sets a flag the loop checks between steps; a second one interrupts at once."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.signal: int | None = None
+        self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signal = signum
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    def describe(self) -> str:
+        return "interrupted" if self.signal in (None, signal.SIGINT) else f"stopped by {signal.Signals(self.signal).name}"
 
 
 class Trainer:
@@ -112,6 +125,13 @@ class Trainer:
         self.epochs = self.config["training"]["epochs"]
         self.batch_size = self.config["data"]["batch_size"]
         self.progress = run.checkpoint.progress if run.checkpoint is not None else Progress()
+        steps = len(self.train_loader)
+        if self.progress.step_in_epoch >= steps:
+            raise TrainingError(
+                f"the checkpoint stopped at step {self.progress.step_in_epoch} of an epoch, but an epoch of this run "
+                f"has {steps} steps (data.batch_size = {self.batch_size}); resume with the batch size it was "
+                f"saved with"
+            )
         self._stop = _StopFlag()
         self.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl")
 
@@ -132,22 +152,35 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> FitResult:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        prepare_out_dir(self.out_dir)
         write_config(self.out_dir / "config.toml", self.config)
-        self.metrics_log.load_before(self.progress.epoch + 1)
+        self._restore_metrics()
         last_record = None
         # Overflow on the numpy backend shows up as a non-finite loss, reported by _check_finite.
         with self._stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while self.progress.epoch < self.epochs:
                 record = self._run_epoch(self.progress.epoch)
                 if record is None:
-                    return FitResult("interrupted", self.progress.epoch, self.progress.best_test_acc, last_record)
+                    return self._interrupted(last_record)
                 last_record = record
                 if self._stop.requested and self.progress.epoch < self.epochs:
-                    self.echo(f"interrupted: saved {self.last_path} (end of epoch {self.progress.epoch}); "
+                    self.echo(f"{self._stop.describe()}: saved {self.last_path} (end of epoch {self.progress.epoch}); "
                               f"continue with: gpucnn train --resume {self.last_path}")
-                    return FitResult("interrupted", self.progress.epoch, self.progress.best_test_acc, last_record)
+                    return self._interrupted(last_record)
         return FitResult("completed", self.progress.epoch, self.progress.best_test_acc, last_record)
+
+    def _interrupted(self, last_record) -> FitResult:
+        return FitResult("interrupted", self.progress.epoch, self.progress.best_test_acc, last_record,
+                         self._stop.signal)
+
+    def _restore_metrics(self) -> None:
+        """metrics.jsonl := the completed epochs' rows. A checkpoint carries them (a kill between
+        writing it and metrics.jsonl loses none); one written before it did keeps the file's rows."""
+        checkpoint = self.run.checkpoint
+        if checkpoint is not None and checkpoint.history:
+            self.metrics_log.replace([r for r in checkpoint.history if r.get("epoch", 0) <= self.progress.epoch])
+        else:
+            self.metrics_log.load_before(self.progress.epoch + 1)
 
     def _run_epoch(self, epoch: int) -> dict | None:
         """Train one epoch (resuming mid-epoch if progress says so); None when interrupted."""
@@ -181,7 +214,7 @@ class Trainer:
                     progress.partial_sums = running.sums()
                     self._save(self.last_path)
                     self._close_bar(bar)
-                    self.echo(f"interrupted: saved {self.last_path} (epoch {epoch + 1}, step {step + 1}/{steps}); "
+                    self.echo(f"{self._stop.describe()}: saved {self.last_path} (epoch {epoch + 1}, step {step + 1}/{steps}); "
                               f"continue with: gpucnn train --resume {self.last_path}")
                     return None
         finally:
@@ -206,10 +239,13 @@ class Trainer:
         improved = evaluate and record["test_acc"] > progress.best_test_acc
         if improved:
             progress.best_test_acc = record["test_acc"]
+        # Checkpoints first, carrying this row; then metrics.jsonl. A kill between the writes
+        # loses nothing: resuming from last.npz rewrites the rows from its copy.
+        self.metrics_log.add(record)
         self._save(self.last_path)
         if improved:
             self._save(self.best_path)
-        self.metrics_log.append(record)
+        self.metrics_log.write()
         self.echo(self._summary_line(record))
         return record
 
@@ -242,7 +278,7 @@ class Trainer:
         if math.isfinite(loss):
             return
         if self.last_path.is_file():
-            kept = f"the last good checkpoint is {self.last_path} (epoch {self._saved_epoch()})"
+            kept = f"the last good checkpoint is {self.last_path} (epoch {checkpoint_epoch(self.last_path)})"
         else:
             kept = "no checkpoint was written before it"
         raise TrainingError(
@@ -250,15 +286,15 @@ class Trainer:
             f"stopped, {kept}. Try a smaller learning rate than optimizer.lr = {self.config['optimizer']['lr']:g}"
         )
 
-    def _saved_epoch(self) -> int:
-        try:
-            with np.load(self.last_path, allow_pickle=False) as data:
-                return int(data["progress/epoch"])
-        except Exception:
-            return -1
-
     def _save(self, path: Path) -> None:
-        save_checkpoint(path, self.model, self.optimizer, self.config, self.progress, self.mean, self.std)
+        """Write a checkpoint (atomically: on failure the previous file at ``path`` is untouched)."""
+        try:
+            save_checkpoint(path, self.model, self.optimizer, self.config, self.progress, self.mean, self.std,
+                            classes=self.dataset.classes, input_shape=self.dataset.image_shape,
+                            history=self.metrics_log.records)
+        except OSError as exc:
+            kept = "the previous checkpoint there is intact" if path.exists() else "no checkpoint was written"
+            raise TrainingError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
 
     # ------------------------------------------------------------------ output
 

@@ -20,6 +20,16 @@ def digits_run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def flipped_run(tmp_path_factory):
+    """A digits run trained with random flips, so mirror-TTA is allowed for it."""
+    out = tmp_path_factory.mktemp("flipped")
+    result = CliRunner().invoke(cli, ["train", "--config", "digits", "--device", "cpu", "--epochs", "1",
+                                      "--set", "data.augment.flip=true", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 @pytest.mark.parametrize(
     "args, key",
     [
@@ -90,7 +100,8 @@ def test_evaluate_prints_loss_accuracy_and_per_class_table(digits_run):
     assert sum(images) == 359 and round(100 * sum(correct) / 359, 2) == round(100 * best, 2)
     tta = CliRunner().invoke(cli, ["evaluate", str(digits_run / "best.npz"), "--device", "cpu", "--tta",
                                    "--batch-size", "100"])
-    assert tta.exit_code == 0 and "mirrored TTA" in tta.output
+    # digits trains without flips: a mirrored digit is another digit, so mirror-TTA is refused
+    assert tta.exit_code == 2 and "trained without flips" in tta.output and "Traceback" not in tta.output
 
 
 def test_evaluate_missing_checkpoint():
@@ -144,12 +155,12 @@ def test_python_dash_m_and_version():
         assert option in proc.stdout
 
 
-def test_evaluate_tta_is_the_mirror_averaged_prediction(digits_run, numpy_backend):
+def test_evaluate_tta_is_the_mirror_averaged_prediction(flipped_run, numpy_backend):
     from gpucnn.build import build_model
     from gpucnn.checkpoint import load_checkpoint, restore
     from gpucnn.data import load_dataset
 
-    ckpt = load_checkpoint(digits_run / "best.npz")
+    ckpt = load_checkpoint(flipped_run / "best.npz")
     data = load_dataset("digits")
     model = build_model(ckpt.config, data.image_shape, 10)
     restore(ckpt, model)
@@ -158,6 +169,6 @@ def test_evaluate_tta_is_the_mirror_averaged_prediction(digits_run, numpy_backen
     logits = 0.5 * (model.forward(x, training=False) + model.forward(np.ascontiguousarray(x[..., ::-1]),
                                                                      training=False))
     expected = float((logits.argmax(1) == data.y_test).mean())
-    result = CliRunner().invoke(cli, ["evaluate", str(digits_run / "best.npz"), "--device", "cpu", "--tta"])
-    assert result.exit_code == 0
+    result = CliRunner().invoke(cli, ["evaluate", str(flipped_run / "best.npz"), "--device", "cpu", "--tta"])
+    assert result.exit_code == 0, result.output
     assert f"accuracy {100 * expected:.2f}%" in result.output
