@@ -32,9 +32,11 @@ def decode_idx(raw: bytes, path: str | os.PathLike, what: str = "IDX") -> np.nda
     dtype = np.dtype(DTYPES[raw[2]])
     ndim = raw[3]
     header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DataError(f"{what} file {path} is truncated or corrupt: {ndim} dimensions need a {header}-byte "
-                        f"header, the file has {len(raw)} bytes")
+    if ndim == 0:
+        raise DataError(f"{what} file {path} is corrupt: its header says 0 dimensions, expected at least 1")
+    if len(raw) < header:
+        raise DataError(f"{what} file {path} is truncated: {ndim} dimensions need a {header}-byte header, "
+                        f"the file has {len(raw)} bytes")
     shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
