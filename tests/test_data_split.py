@@ -84,6 +84,8 @@ def test_with_validation_moves_images_out_of_train():
 def test_shipped_validation_wins():
     shipped = tiny_dataset(np.zeros((2, 1, 2, 2), np.uint8), np.array([0, 1]))
     assert shipped.with_validation(0.5, seed=1) is shipped
+    with pytest.raises(ValueError, match="fraction must be a number in"):
+        shipped.with_validation(1.5)
 
 
 def test_dataset_validates_val_arrays():

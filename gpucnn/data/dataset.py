@@ -63,8 +63,9 @@ class Dataset:
         ``gpucnn.data.split`` says; 0 returns the dataset unchanged. seed: the split's seed.
         The result is a new Dataset; this one is not modified.
         """
-        from gpucnn.data.split import validation_split
+        from gpucnn.data.split import check_fraction, validation_split
 
+        check_fraction(fraction)
         if self.has_validation:
             return self
         train_idx, val_idx = validation_split(self.y_train, fraction, seed)

@@ -22,6 +22,13 @@ def class_holdout_count(count: int, fraction: float) -> int:
     return min(max(k, 1), count - 1)
 
 
+def check_fraction(fraction) -> float:
+    """``fraction`` as a float in [0, 1); ValueError otherwise."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ValueError(f"validation_split: fraction must be a number in [0, 1), got {fraction!r}")
+    return float(fraction)
+
+
 def validation_split(y, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, val_idx): disjoint, sorted int64 index arrays covering ``range(len(y))``.
 
@@ -31,13 +38,12 @@ def validation_split(y, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.
     y = np.asarray(y)
     if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
         raise ValueError(f"validation_split: y must be (N,) integer labels, got {y.shape} {y.dtype}")
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-        raise ValueError(f"validation_split: fraction must be a number in [0, 1), got {fraction!r}")
+    fraction = check_fraction(fraction)
     rng = np.random.default_rng(seed)
     held = []
     for label in np.unique(y):
         members = np.flatnonzero(y == label)
-        k = class_holdout_count(members.size, float(fraction))
+        k = class_holdout_count(members.size, fraction)
         if k:
             held.append(members[rng.permutation(members.size)[:k]])
     val_idx = np.sort(np.concatenate(held)).astype(np.int64) if held else np.zeros(0, np.int64)
