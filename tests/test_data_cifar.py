@@ -184,9 +184,11 @@ def test_extract_places_folder(tmp_path):
 
 
 def test_unknown_dataset_lists_known_names():
-    with pytest.raises(DataError, match=r"unknown dataset 'mnist'; known datasets: cifar10, digits"):
-        load_dataset("mnist")
-    assert issubclass(DataError, GpucnnError) and DATASETS == ("cifar10", "digits")
+    with pytest.raises(DataError, match=r"unknown dataset 'imagenet'; known datasets: cifar10, cifar100, mnist, "
+                                        r"fashion-mnist, digits, folder$"):
+        load_dataset("imagenet")
+    assert issubclass(DataError, GpucnnError)
+    assert DATASETS == ("cifar10", "cifar100", "mnist", "fashion-mnist", "digits", "folder")
 
 
 def test_default_data_dir(monkeypatch, tmp_path):

@@ -1,40 +1,25 @@
 """Datasets and batching.
 
-``load_dataset(name, data_dir=None, download=True, progress=True) -> Dataset`` for
-``"cifar10"`` (downloaded once into ``default_data_dir()``, verified, extracted) and
-``"digits"`` (shipped inside the package; no download). ``BatchLoader`` serves normalized,
-optionally augmented (``Augment``) batches from device memory; ``channel_stats`` gives the
-per-channel mean/std used to normalize.
+``load_dataset(name, data_dir=None, download=True, progress=True, **options) -> Dataset``
+for every name in ``DATASETS`` (the registry in ``gpucnn.data.registry`` owns the names,
+their loaders, options and facts): ``"cifar10"``, ``"cifar100"``, ``"mnist"``,
+``"fashion-mnist"`` (downloaded once into ``default_data_dir()``, verified, extracted, or
+found there as a local copy), ``"digits"`` (shipped inside the package; no download) and
+``"folder"`` (your own images). ``Dataset.with_validation`` holds out a seeded,
+class-stratified validation set; ``cached_datasets`` lists what is on disk.
+``BatchLoader`` serves normalized, optionally augmented (``Augment``) batches from device
+memory; ``channel_stats`` gives the per-channel mean/std used to normalize.
 """
 
 from __future__ import annotations
 
-import os
-
 from gpucnn.data.augment import Augment
-from gpucnn.data.cifar10 import load_cifar10
 from gpucnn.data.dataset import Dataset, channel_stats, default_data_dir
-from gpucnn.data.digits import load_digits
 from gpucnn.data.loader import BatchLoader
-from gpucnn.errors import DataError
-
-DATASETS = ("cifar10", "digits")
+from gpucnn.data.registry import DATASET_SPECS, DATASETS, DatasetSpec, cached_datasets, load_dataset
+from gpucnn.data.split import validation_split
 
 __all__ = [
-    "Augment", "BatchLoader", "DATASETS", "Dataset", "channel_stats", "default_data_dir", "load_dataset",
+    "Augment", "BatchLoader", "DATASETS", "DATASET_SPECS", "Dataset", "DatasetSpec", "cached_datasets",
+    "channel_stats", "default_data_dir", "load_dataset", "validation_split",
 ]
-
-
-def load_dataset(
-    name: str,
-    data_dir: str | os.PathLike | None = None,
-    download: bool = True,
-    progress: bool = True,
-) -> Dataset:
-    """Load a dataset by name; DataError for an unknown name or a missing/corrupt dataset."""
-    key = name.strip().lower() if isinstance(name, str) else name
-    if key == "cifar10":
-        return load_cifar10(data_dir=data_dir, download=download, progress=progress)
-    if key == "digits":
-        return load_digits()
-    raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")

@@ -7,20 +7,31 @@ The archive ``cifar-10-binary.tar.gz`` holds ``cifar-10-batches-bin/`` with
 
 On first use the archive is downloaded into the data directory, checked against its MD5
 and extracted; an existing ``cifar-10-batches-bin/`` there is used as is (or, failing
-that, the python version ``cifar-10-batches-py/``; see ``cifar10_pickle``). Overrides (for
-mirrors and tests): ``GPUCNN_CIFAR10_URL`` and ``GPUCNN_CIFAR10_MD5``.
+that, the python version ``cifar-10-batches-py/``). Overrides (for mirrors and tests):
+``GPUCNN_CIFAR10_URL`` and ``GPUCNN_CIFAR10_MD5``.
+
+The python version: each batch file is a pickled dict ``{b"data": (N, 3072) uint8 array,
+b"labels": [int]*N, ...}`` and ``batches.meta`` holds ``{b"label_names": [bytes]*10}``.
+Pickle can run arbitrary code, so the unpickler here resolves only the globals NumPy needs
+to rebuild an array (``_reconstruct``, ``ndarray``, ``dtype``, ``scalar``, plus
+``_codecs.encode`` for bytes) and refuses everything else (e.g. ``os.system``) with a
+DataError naming the file. Used only when a user already has that folder in the data
+directory; the binary archive remains the default.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
 
 from gpucnn.data.archive import extract_tar
-from gpucnn.data.dataset import Dataset, default_data_dir
-from gpucnn.data.download import download_file, file_md5
+from gpucnn.data.dataset import Dataset
+from gpucnn.data.download import DEADLINE, STALL_TIMEOUT, fetch_verified, offline_hint
+from gpucnn.data.files import make_dir, read_bytes, resolve_root
 from gpucnn.errors import DataError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -29,6 +40,8 @@ URL_ENV = "GPUCNN_CIFAR10_URL"
 MD5_ENV = "GPUCNN_CIFAR10_MD5"
 ARCHIVE_NAME = "cifar-10-binary.tar.gz"
 FOLDER = "cifar-10-batches-bin"
+PICKLE_FOLDER = "cifar-10-batches-py"
+PICKLE_META_FILE = "batches.meta"
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILE = "test_batch.bin"
 META_FILE = "batches.meta.txt"
@@ -40,9 +53,8 @@ NUM_CLASSES = 10
 def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Parse one binary batch file into (x (N, 3, 32, 32) uint8, y (N,) int64); DataError if malformed."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"CIFAR-10 file {path} is missing; delete {path.parent} to download and extract it again")
-    raw = np.fromfile(path, dtype=np.uint8)
+    raw = np.frombuffer(read_bytes(path, "CIFAR-10", f"delete {path.parent} to download and extract it again"),
+                        dtype=np.uint8)
     if raw.size == 0 or raw.size % RECORD_BYTES:
         raise DataError(f"CIFAR-10 file {path} is corrupt: {raw.size} bytes, expected a non-zero multiple of "
                         f"{RECORD_BYTES} (1 label byte + 3072 pixel bytes per image)")
@@ -59,12 +71,11 @@ def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 def read_classes(path: str | os.PathLike) -> list[str]:
     """The class names in ``batches.meta.txt`` (non-empty lines); DataError unless there are 10."""
     path = Path(path)
+    raw = read_bytes(path, "CIFAR-10", f"delete {path.parent} to download and extract it again")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"CIFAR-10 file {path} is missing; delete {path.parent} to download and extract it again")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"CIFAR-10 file {path} is unreadable: {exc}") from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"CIFAR-10 file {path} is unreadable: not UTF-8 text ({exc.reason})") from exc
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) != NUM_CLASSES:
         raise DataError(f"CIFAR-10 file {path} is corrupt: {len(names)} class names, expected {NUM_CLASSES}")
@@ -91,16 +102,69 @@ def assemble_dataset(train_parts, test, classes) -> Dataset:
     )
 
 
-def fetch_archive(root: Path, url: str, md5: str, progress: bool, timeout: float) -> Path:
-    """Download the archive into ``root`` unless it is there; check the MD5 of a pre-existing one."""
-    archive = root / ARCHIVE_NAME
-    if archive.is_file():
-        actual = file_md5(archive)
-        if actual != md5.lower():
-            raise DataError(f"{archive} fails its checksum (md5 {actual}, expected {md5.lower()}); "
-                            "delete it to download again")
-        return archive
-    return download_file(url, archive, md5=md5, progress=progress, timeout=timeout)
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def safe_unpickle(path: str | os.PathLike) -> object:
+    """Unpickle ``path`` allowing only plain containers and NumPy arrays; DataError otherwise."""
+    path = Path(path)
+    raw = read_bytes(path, "CIFAR-10")
+    try:
+        return _RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:  # any failure of an untrusted pickle is a data problem
+        raise DataError(f"CIFAR-10 file {path} is not a valid CIFAR pickle: {exc}") from exc
+
+
+def _key(d: dict, name: str):
+    return d[name.encode()] if name.encode() in d else d[name]
+
+
+def read_pickle_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One python-version batch -> (x (N, 3, 32, 32) uint8, y (N,) int64); DataError if malformed."""
+    content = safe_unpickle(path)
+    try:
+        data = np.asarray(_key(content, "data"))
+        labels = np.asarray(_key(content, "labels"))
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"CIFAR-10 file {path} lacks the 'data'/'labels' entries") from exc
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],) \
+            or labels.dtype.kind not in "iu":
+        raise DataError(f"CIFAR-10 file {path} is corrupt: data {data.shape} {data.dtype}, labels {labels.shape}; "
+                        "expected (N, 3072) uint8 and N integer labels")
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise DataError(f"CIFAR-10 file {path} is corrupt: labels outside 0..{NUM_CLASSES - 1}")
+    return np.ascontiguousarray(data).reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
+
+
+def read_pickle_folder(folder: str | os.PathLike) -> Dataset:
+    """Load an extracted ``cifar-10-batches-py`` folder into a Dataset."""
+    folder = Path(folder)
+    train = [read_pickle_batch(folder / name.removesuffix(".bin")) for name in TRAIN_FILES]
+    x_test, y_test = read_pickle_batch(folder / TEST_FILE.removesuffix(".bin"))
+    meta = safe_unpickle(folder / PICKLE_META_FILE)
+    try:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in _key(meta, "label_names")]
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"CIFAR-10 file {folder / PICKLE_META_FILE} lacks 'label_names'") from exc
+    if len(names) != NUM_CLASSES:
+        raise DataError(f"CIFAR-10 file {folder / PICKLE_META_FILE} is corrupt: {len(names)} class names, "
+                        f"expected {NUM_CLASSES}")
+    return assemble_dataset(train, (x_test, y_test), names)
 
 
 def load_cifar10(
@@ -109,7 +173,8 @@ def load_cifar10(
     progress: bool = True,
     url: str | None = None,
     md5: str | None = None,
-    timeout: float = 60.0,
+    timeout: float = STALL_TIMEOUT,
+    deadline: float | None = DEADLINE,
 ) -> Dataset:
     """CIFAR-10: 50000 train and 10000 test images (3, 32, 32) uint8, labels int64 0..9.
 
@@ -118,23 +183,20 @@ def load_cifar10(
     ``data_dir`` defaults to ``default_data_dir()``; ``url``/``md5`` default to
     $GPUCNN_CIFAR10_URL/$GPUCNN_CIFAR10_MD5, else the official ones. ``download=False``
     raises DataError when neither the extracted folder nor the archive is present.
+    ``timeout`` is the download's stall timeout, ``deadline`` its overall limit (see ``download_file``).
     """
-    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    root = resolve_root(data_dir)
     folder = root / FOLDER
-    if not folder.is_dir() and (root / "cifar-10-batches-py").is_dir():
-        from gpucnn.data.cifar10_pickle import read_pickle_folder
-
-        return read_pickle_folder(root / "cifar-10-batches-py")
+    if not folder.is_dir() and (root / PICKLE_FOLDER).is_dir():
+        return read_pickle_folder(root / PICKLE_FOLDER)
     if not folder.is_dir():
         url = url or os.environ.get(URL_ENV) or URL
         md5 = md5 or os.environ.get(MD5_ENV) or MD5
         if not download and not (root / ARCHIVE_NAME).is_file():
             raise DataError(f"CIFAR-10 is not in {root} (expected {FOLDER}/ or {ARCHIVE_NAME}) and download is "
                             "disabled; enable download or point --data-dir at a copy")
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DataError(f"cannot create data directory {root}: {exc.strerror or exc}") from exc
-        archive = fetch_archive(root, url, md5, progress, timeout)
+        make_dir(root)
+        archive = fetch_verified(root / ARCHIVE_NAME, url, md5, progress=progress, timeout=timeout,
+                                 deadline=deadline, hint=offline_hint(f"{ARCHIVE_NAME} or its extracted {FOLDER}/"))
         extract_tar(archive, root, FOLDER)
     return read_folder(folder)

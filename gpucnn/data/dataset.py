@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,10 @@ class Dataset:
     """An image-classification dataset held on the host.
 
     x_train: (N, C, H, W) uint8, y_train: (N,) int64 in [0, len(classes)),
-    x_test: (M, C, H, W) uint8, y_test: (M,) int64, classes: class names by label.
+    x_test: (M, C, H, W) uint8, y_test: (M,) int64, classes: class names by label;
+    x_val: (V, C, H, W) uint8 and y_val: (V,) int64, the validation set, or both None when
+    there is none (see ``with_validation``); notes: one-line remarks made while loading
+    (e.g. how many unreadable images were skipped) for the caller to print.
     """
 
     name: str
@@ -25,9 +29,17 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     classes: list[str]
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+        if (self.x_val is None) != (self.y_val is None):
+            raise ValueError(f"dataset {self.name!r}: x_val and y_val must both be arrays or both None")
+        splits = [("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)]
+        if self.x_val is not None:
+            splits.append(("val", self.x_val, self.y_val))
+        for split, x, y in splits:
             if x.dtype != np.uint8 or x.ndim != 4:
                 raise ValueError(f"dataset {self.name!r}: x_{split} must be (N, C, H, W) uint8, "
                                  f"got {x.shape} {x.dtype}")
@@ -36,6 +48,33 @@ class Dataset:
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"dataset {self.name!r}: train images {self.x_train.shape[1:]} and test images "
                              f"{self.x_test.shape[1:]} differ in shape")
+        if self.x_val is not None and self.x_val.shape[1:] != self.x_train.shape[1:]:
+            raise ValueError(f"dataset {self.name!r}: train images {self.x_train.shape[1:]} and validation images "
+                             f"{self.x_val.shape[1:]} differ in shape")
+
+    @property
+    def has_validation(self) -> bool:
+        return self.x_val is not None
+
+    def with_validation(self, fraction: float, seed: int = 0) -> "Dataset":
+        """This dataset with a validation set: the shipped one if it has one, else a held-out part of train.
+
+        fraction: the share of each class moved from train to (x_val, y_val), rounded as
+        ``gpucnn.data.split`` says; 0 returns the dataset unchanged. seed: the split's seed.
+        The result is a new Dataset; this one is not modified.
+        """
+        from gpucnn.data.split import check_fraction, validation_split
+
+        check_fraction(fraction)
+        if self.has_validation:
+            return self
+        train_idx, val_idx = validation_split(self.y_train, fraction, seed)
+        if val_idx.size == 0:
+            return self
+        return dataclasses.replace(
+            self, x_train=self.x_train[train_idx], y_train=self.y_train[train_idx],
+            x_val=self.x_train[val_idx], y_val=self.y_train[val_idx], notes=list(self.notes),
+        )
 
     @property
     def num_classes(self) -> int:
