@@ -160,6 +160,27 @@ class Run:
     test_loader: object
     schedule: LRSchedule | None
     checkpoint: object | None = None
+    val_loader: object | None = None  # None when the dataset has no validation set
+
+
+def build_dataset(config: dict, progress: bool = False, echo=None):
+    """The Dataset of ``config["data"]``: loaded with the options its dataset takes, with the
+    validation split of ``data.val_fraction`` (seeded by ``training.seed``). ``echo`` gets the
+    dataset's notes (e.g. how many bad images were skipped)."""
+    from gpucnn.data import DATASET_SPECS, load_dataset
+
+    data = config["data"]
+    spec = DATASET_SPECS[data["dataset"]]
+    options = {name: data[name] for name in spec.options if name in data}
+    if "path" in options:
+        options["path"] = options["path"] or None
+    dataset = load_dataset(data["dataset"], data_dir=data["data_dir"] or None, download=data["download"],
+                           progress=progress, **options)
+    dataset = dataset.with_validation(data["val_fraction"], seed=config["training"]["seed"])
+    for note in dataset.notes:
+        if echo is not None:
+            echo(f"note: {note}")
+    return dataset
 
 
 def normalization(config: dict, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +254,10 @@ def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backen
         train_loader = BatchLoader(dataset.x_train, dataset.y_train, data["batch_size"], backend, mean, std,
                                    shuffle=True, seed=seed, augment=build_augment(config))
         schedule = schedule_from_config(config, len(train_loader))
-    test_loader = BatchLoader(dataset.x_test, dataset.y_test, eval_batch_size or data["eval_batch_size"], backend,
-                              mean, std, shuffle=False)
+    eval_batch = eval_batch_size or data["eval_batch_size"]
+    test_loader = BatchLoader(dataset.x_test, dataset.y_test, eval_batch, backend, mean, std, shuffle=False)
+    val_loader = None
+    if getattr(dataset, "x_val", None) is not None and len(dataset.y_val):
+        val_loader = BatchLoader(dataset.x_val, dataset.y_val, eval_batch, backend, mean, std, shuffle=False)
     return Run(config, dataset, model, optimizer, build_loss(config), mean, std, train_loader, test_loader,
-               schedule, checkpoint)
+               schedule, checkpoint, val_loader)

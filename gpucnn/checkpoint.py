@@ -6,7 +6,9 @@ Keys:
   ``progress/epoch``                 completed epochs (int64)
   ``progress/step_in_epoch``         steps done in the epoch after those (0 at an epoch boundary)
   ``progress/global_step``           optimizer steps done in all
-  ``progress/best_test_acc``         best test accuracy so far (float64; -1 before any evaluation)
+  ``progress/best_acc``              best accuracy so far of what best.npz is chosen on: validation,
+                                     else training accuracy (float64; -1 before any). Checkpoints of
+                                     older versions have ``progress/best_test_acc`` instead
   ``progress/partial_sums``          (3,) float64: loss sum, correct count, samples of the unfinished epoch
   ``rng/seed``                       the run seed; every random stream (init, shuffle, augment, dropout)
                                      is a counter-based function of (seed, epoch, step), so seed and
@@ -47,7 +49,7 @@ class Progress:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-    best_test_acc: float = -1.0
+    best_acc: float = -1.0
     partial_sums: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=np.float64))
 
 
@@ -81,7 +83,7 @@ def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, me
         "progress/epoch": np.int64(progress.epoch),
         "progress/step_in_epoch": np.int64(progress.step_in_epoch),
         "progress/global_step": np.int64(progress.global_step),
-        "progress/best_test_acc": np.float64(progress.best_test_acc),
+        "progress/best_acc": np.float64(progress.best_acc),
         "progress/partial_sums": np.asarray(progress.partial_sums, dtype=np.float64),
         "rng/seed": np.int64(config["training"]["seed"]),
         "data/mean": np.asarray(mean, dtype=np.float64),
@@ -153,8 +155,10 @@ def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint written by ``save_checkpoint``; CheckpointError naming the file and what is wrong."""
     path = Path(path)
     arrays = _read_arrays(path)
+    if "progress/best_test_acc" in arrays and "progress/best_acc" not in arrays:  # written before validation
+        arrays["progress/best_acc"] = arrays.pop("progress/best_test_acc")
     needed = ("format/version", "config/toml", "progress/epoch", "progress/step_in_epoch", "progress/global_step",
-              "progress/best_test_acc", "progress/partial_sums", "rng/seed", "data/mean", "data/std")
+              "progress/best_acc", "progress/partial_sums", "rng/seed", "data/mean", "data/std")
     missing = [k for k in needed if k not in arrays]
     if missing:
         raise CheckpointError(f"checkpoint {path}: not a gpucnn training checkpoint (missing {', '.join(missing)})")
@@ -184,7 +188,7 @@ def load_checkpoint(path) -> Checkpoint:
         epoch=_scalar(arrays, "progress/epoch", path, "i", 0),
         step_in_epoch=_scalar(arrays, "progress/step_in_epoch", path, "i", 0),
         global_step=_scalar(arrays, "progress/global_step", path, "i", 0),
-        best_test_acc=_scalar(arrays, "progress/best_test_acc", path, "f", -1.0, 1.0),
+        best_acc=_scalar(arrays, "progress/best_acc", path, "f", -1.0, 1.0),
         partial_sums=np.array(partial, dtype=np.float64),
     )
     history = []

@@ -21,6 +21,7 @@ import numpy as np
 import gpucnn
 from gpucnn import backend as backend_module
 from gpucnn.config import shipped_config_names
+from gpucnn.data import DATASETS
 from gpucnn.errors import ConfigError, GpucnnError
 
 EXIT_ERROR = 1
@@ -89,6 +90,8 @@ def _device_option(f):
               help=f"TOML config file, or the name of a shipped config ({', '.join(shipped_config_names())}). "
                    "Default: lenet5 (LeNet-5 on CIFAR-10).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where datasets are kept.")
+@click.option("--dataset", type=click.Choice(DATASETS, case_sensitive=False), default=None,
+              help="Dataset to train on (data.dataset); 'folder' reads --set data.path=DIR.")
 @_device_option
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs (training.epochs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (data.batch_size).")
@@ -102,11 +105,12 @@ def _device_option(f):
               help="Allow --out to replace a run already there (or to resume from an older checkpoint of it).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key by dotted name, e.g. --set optimizer.lr=0.05 (value as a TOML literal).")
-def train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overwrite, overrides) -> None:
+def train(config_source, data_dir, dataset, device, epochs, batch_size, lr, seed, out, resume, overwrite,
+          overrides) -> None:
     """Train a model from a config; writes config.toml, metrics.jsonl, last.npz and best.npz to --out."""
     with user_errors():
-        result = _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overwrite,
-                        overrides)
+        result = _train(config_source, data_dir, dataset, device, epochs, batch_size, lr, seed, out, resume,
+                        overwrite, overrides)
     if result.status == "interrupted":
         sys.exit(128 + result.signal if result.signal else EXIT_INTERRUPTED)
 
@@ -116,7 +120,8 @@ def _device(option: str | None, config: dict) -> str:
     return option or os.environ.get(backend_module.ENV_VAR) or config["training"]["device"]
 
 
-def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overwrite, overrides):
+def _train(config_source, data_dir, dataset_name, device, epochs, batch_size, lr, seed, out, resume, overwrite,
+           overrides):
     from gpucnn.build import build_run
     from gpucnn.checkpoint import load_checkpoint
     from gpucnn.config import apply_overrides, load_config, validate_config
@@ -134,7 +139,8 @@ def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, r
     else:
         config = load_config(config_source)
         stem = Path(config_source).stem if config_source else "lenet5"
-    options = {"data.data_dir": data_dir, "training.device": device, "training.epochs": epochs,
+    options = {"data.data_dir": data_dir, "data.dataset": dataset_name, "training.device": device,
+               "training.epochs": epochs,
                "data.batch_size": batch_size, "optimizer.lr": lr, "training.seed": seed}
     config = apply_overrides(config, [f"{k}={_toml_literal(v)}" for k, v in options.items() if v is not None])
     config = validate_config(apply_overrides(config, list(overrides)))
@@ -151,7 +157,8 @@ def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, r
     dataset = _load_dataset(config)
     trainer = Trainer(build_run(config, dataset, checkpoint, checkpoint_path=resume), out_dir, echo=click.echo)
     click.echo(f"device: {backend.device_name} ({backend.name} backend)")
-    click.echo(f"data: {dataset.name}, {len(dataset.y_train)} train / {len(dataset.y_test)} test images "
+    val = f" / {len(dataset.y_val)} validation" if dataset.x_val is not None else ""
+    click.echo(f"data: {dataset.name}, {len(dataset.y_train)} train{val} / {len(dataset.y_test)} test images "
                f"{dataset.image_shape}, {len(trainer.train_loader)} batches of {config['data']['batch_size']}")
     click.echo(trainer.model.summary(dataset.image_shape))
     if checkpoint is not None:
@@ -163,8 +170,9 @@ def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, r
     click.echo(f"output: {out_dir}")
     result = trainer.fit()
     if result.status == "completed":
-        best = f"{100 * result.best_test_acc:.2f}%" if result.best_test_acc >= 0 else "n/a"
-        click.echo(f"done: {result.epochs_done} epochs, best test accuracy {best}; checkpoints in {out_dir}")
+        best = f"{100 * result.best_acc:.2f}%" if result.best_acc >= 0 else "n/a"
+        what = trainer.monitor.replace("val_acc", "validation accuracy").replace("train_acc", "training accuracy")
+        click.echo(f"done: {result.epochs_done} epochs, best {what} {best} (best.npz); checkpoints in {out_dir}")
     return result
 
 
@@ -175,11 +183,9 @@ def _toml_literal(value) -> str:
 
 
 def _load_dataset(config: dict):
-    from gpucnn.data import load_dataset
+    from gpucnn.build import build_dataset
 
-    data = config["data"]
-    return load_dataset(data["dataset"], data_dir=data["data_dir"] or None, download=data["download"],
-                        progress=sys.stderr.isatty())
+    return build_dataset(config, progress=sys.stderr.isatty(), echo=click.echo)
 
 
 @cli.command()

@@ -230,6 +230,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "dataset": Field(choice(*DATASETS), "cifar10"),
         "data_dir": Field(string, ""),
         "download": Field(boolean, True),
+        "label_mode": Field(choice("fine", "coarse"), "fine"),  # cifar100: 100 fine or 20 coarse classes
+        "path": Field(string, ""),  # folder: DIR with train/ and val/ (or test/) class folders
+        "image_size": Field(int_or_pair(1), 32),  # folder: images are resized to this
+        "skip_bad_images": Field(boolean, False),  # folder: skip unreadable images (counted) instead of failing
+        # held out of the training set (class-stratified, seeded) to choose best.npz; datasets
+        # that ship a validation split use theirs; 0 = no validation set
+        "val_fraction": Field(number(0.0, 1.0, below=True), 0.1),
         "batch_size": Field(integer(1), 64),
         "eval_batch_size": Field(integer(1), 256),
         "normalize": Field(boolean, True),
@@ -261,6 +268,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "seed": Field(integer(0, 2**32 - 1), 0),
         "device": Field(choice(*DEVICE_CHOICES), "auto"),
         "eval_every": Field(integer(1), 1),
+        # stop when ``metric`` has not improved for ``patience`` epochs; patience 0 = never
+        "early_stopping": Field(
+            table({"metric": Field(choice("val_acc", "val_loss", "train_acc", "train_loss"), "val_acc"),
+                   "patience": Field(integer(0), 0)}),
+            {"metric": "val_acc", "patience": 0},
+        ),
         "log_every": Field(integer(1), 50),
     },
 }

@@ -34,7 +34,7 @@ import numpy as np
 from gpucnn.build import Run
 from gpucnn.checkpoint import Progress, save_checkpoint
 from gpucnn.config import write_config
-from gpucnn.errors import TrainingError
+from gpucnn.errors import ConfigError, TrainingError
 from gpucnn.evaluate import evaluate_model
 from gpucnn.metrics import MetricsLog, RunningMetrics
 from gpucnn.rundir import checkpoint_epoch, prepare_out_dir
@@ -55,7 +55,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class FitResult:
     status: str  # "completed" or "interrupted"
     epochs_done: int
-    best_test_acc: float
+    best_acc: float  # of the metric best.npz is chosen on (Trainer.monitor); -1 before any
     last_record: dict | None
     signal: int | None = None  # what stopped an interrupted run (SIGINT, SIGTERM, SIGHUP), None for request_stop
 
@@ -125,6 +125,11 @@ class Trainer:
         self.epochs = self.config["training"]["epochs"]
         self.batch_size = self.config["data"]["batch_size"]
         self.progress = run.checkpoint.progress if run.checkpoint is not None else Progress()
+        self.monitor = "val_acc" if run.val_loader is not None else "train_acc"
+        stopping = self.config["training"]["early_stopping"]
+        if stopping["patience"] and stopping["metric"].startswith("val_") and run.val_loader is None:
+            raise ConfigError("training.early_stopping.metric: val_* needs a validation set, but data.val_fraction "
+                              "is 0 and the dataset ships none; set data.val_fraction > 0 or use a train_* metric")
         steps = len(self.train_loader)
         if self.progress.step_in_epoch >= steps:
             raise TrainingError(
@@ -163,14 +168,18 @@ class Trainer:
                 if record is None:
                     return self._interrupted(last_record)
                 last_record = record
+                if self.progress.epoch < self.epochs and self.should_stop_early():
+                    rule = self.config["training"]["early_stopping"]
+                    self.echo(f"early stopping: {rule['metric']} has not improved for {rule['patience']} epochs")
+                    break
                 if self._stop.requested and self.progress.epoch < self.epochs:
                     self.echo(f"{self._stop.describe()}: saved {self.last_path} (end of epoch {self.progress.epoch}); "
                               f"continue with: gpucnn train --resume {self.last_path}")
                     return self._interrupted(last_record)
-        return FitResult("completed", self.progress.epoch, self.progress.best_test_acc, last_record)
+        return FitResult("completed", self.progress.epoch, self.progress.best_acc, last_record)
 
     def _interrupted(self, last_record) -> FitResult:
-        return FitResult("interrupted", self.progress.epoch, self.progress.best_test_acc, last_record,
+        return FitResult("interrupted", self.progress.epoch, self.progress.best_acc, last_record,
                          self._stop.signal)
 
     def _restore_metrics(self) -> None:
@@ -224,21 +233,26 @@ class Trainer:
         self._check_finite(running, epoch, steps - 1, lr)
         train_loss, train_acc = running.read()
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
-                  "test_loss": None, "test_acc": None, "lr": lr, "seconds": seconds,
-                  "images_per_s": timed_images / seconds if seconds > 0 else None,
+                  "val_loss": None, "val_acc": None, "test_loss": None, "test_acc": None, "lr": lr,
+                  "seconds": seconds, "images_per_s": timed_images / seconds if seconds > 0 else None,
                   "steps": progress.global_step}
         evaluate = (epoch + 1) % self.config["training"]["eval_every"] == 0 or epoch + 1 == self.epochs
         if evaluate:
-            result = self._guard_oom(lambda: evaluate_model(self.model, self.loss_fn, self.test_loader,
-                                                            self.dataset.num_classes),
-                                     self.config["data"]["eval_batch_size"], "--set data.eval_batch_size=")
-            record["test_loss"], record["test_acc"] = result.loss, result.accuracy
+            for split, loader in (("val", self.run.val_loader), ("test", self.test_loader)):
+                if loader is not None:
+                    result = self._guard_oom(lambda: evaluate_model(self.model, self.loss_fn, loader,
+                                                                    self.dataset.num_classes),
+                                             self.config["data"]["eval_batch_size"], "--set data.eval_batch_size=")
+                    record[f"{split}_loss"], record[f"{split}_acc"] = result.loss, result.accuracy
         progress.epoch = epoch + 1
         progress.step_in_epoch = 0
         progress.partial_sums = np.zeros(3)
-        improved = evaluate and record["test_acc"] > progress.best_test_acc
+        # best.npz is chosen on validation accuracy (training accuracy without a validation set);
+        # the test set is reported, never used to choose.
+        chosen = record[self.monitor]
+        improved = chosen is not None and chosen > progress.best_acc
         if improved:
-            progress.best_test_acc = record["test_acc"]
+            progress.best_acc = chosen
         # Checkpoints first, carrying this row; then metrics.jsonl. A kill between the writes
         # loses nothing: resuming from last.npz rewrites the rows from its copy.
         self.metrics_log.add(record)
@@ -248,6 +262,18 @@ class Trainer:
         self.metrics_log.write()
         self.echo(self._summary_line(record))
         return record
+
+    def should_stop_early(self) -> bool:
+        """training.early_stopping: True when its metric has not improved for ``patience`` epochs."""
+        rule = self.config["training"]["early_stopping"]
+        if not rule["patience"]:
+            return False
+        metric, sign = rule["metric"], (-1.0 if rule["metric"].endswith("_loss") else 1.0)
+        values = [(r["epoch"], r.get(metric)) for r in self.metrics_log.records if r.get(metric) is not None]
+        if not values:
+            return False
+        best_epoch = max(values, key=lambda item: (sign * item[1], -item[0]))[0]
+        return values[-1][0] - best_epoch >= rule["patience"]
 
     def _train_step(self, epoch: int, step: int, x, y, lr: float, running: RunningMetrics) -> None:
         def work():
@@ -323,8 +349,11 @@ class Trainer:
                       f"acc {100 * acc:.2f}%  {speed:,.0f} img/s  lr {lr:.4g}")
 
     def _summary_line(self, r: dict) -> str:
-        test = (f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%" if r["test_acc"] is not None
-                else "test -")
+        def split(name: str) -> str:
+            if r.get(f"{name}_acc") is None:
+                return ""
+            return f"{name} loss {r[f'{name}_loss']:.4f} acc {100 * r[f'{name}_acc']:.2f}%  "
+
         speed = f"{r['images_per_s']:,.0f} img/s" if r["images_per_s"] else "- img/s"
         return (f"epoch {r['epoch']}/{self.epochs}  train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}%  "
-                f"{test}  {r['seconds']:.1f}s ({speed})  lr {r['lr']:.4g}")
+                f"{split('val')}{split('test')}{r['seconds']:.1f}s ({speed})  lr {r['lr']:.4g}")

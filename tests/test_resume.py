@@ -131,7 +131,11 @@ def test_resume_rejects_config_and_bad_checkpoint(tmp_path):
     assert result.exit_code == 2 and "drop --config" in result.output
 
 
-def test_ctrl_c_saves_last_and_exits_130(tmp_path):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted: saved"),
+                                             (signal.SIGTERM, 143, "stopped by SIGTERM: saved"),
+                                             (signal.SIGHUP, 129, "stopped by SIGHUP: saved")])
+def test_stop_signals_save_last_and_exit_128_plus_signal(tmp_path, sig, code, said):
+    """Ctrl-C, and what schedulers send before preemption (SIGTERM) or a closed terminal (SIGHUP)."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "gpucnn", "train", "--config", "digits", "--device", "cpu", "--epochs", "200",
            "--out", str(out), "--set", "schedule.name=constant", "--set", "schedule.warmup_epochs=0"]
@@ -142,17 +146,19 @@ def test_ctrl_c_saves_last_and_exits_130(tmp_path):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "training did not start"
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
-    assert "interrupted: saved" in stdout and "--resume" in stdout
+    assert said in stdout and f"--resume {out / 'last.npz'}" in stdout
     ckpt = load_checkpoint(out / "last.npz")
     assert 1 <= ckpt.progress.epoch < 200
-    assert ckpt.progress.global_step == 45 * ckpt.progress.epoch + ckpt.progress.step_in_epoch
+    steps_per_epoch = ckpt.history[0]["steps"]  # global steps at the end of epoch 1
+    assert ckpt.progress.global_step == steps_per_epoch * ckpt.progress.epoch + ckpt.progress.step_in_epoch
+    assert [r["epoch"] for r in ckpt.history] == list(range(1, ckpt.progress.epoch + 1))
     # the saved state resumes and finishes
     result = CliRunner().invoke(cli, ["train", "--resume", str(out / "last.npz"), "--epochs",
                                       str(ckpt.progress.epoch + 1)])

@@ -70,21 +70,27 @@ def test_cli_train_lenet_on_tiny_cifar_writes_everything(tmp_path, tiny_cifar):
     records = read_metrics(out)
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for r in records:
-        assert {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds", "images_per_s"} <= set(r)
+        assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds",
+                "images_per_s", "time"} <= set(r)
         assert np.isfinite(r["train_loss"]) and r["seconds"] > 0 and r["images_per_s"] > 0
-        assert 0 <= r["test_acc"] <= 1
+        assert 0 <= r["test_acc"] <= 1 and 0 <= r["val_acc"] <= 1
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert max(r["test_acc"] for r in records) > 0.3  # chance is 0.1 on 20 test images
     # every epoch prints one summary line; plain progress lines (not a terminal)
     assert result.output.count("train loss") == 3
-    assert "step 2/10" in result.output
+    # data.val_fraction 0.1 holds out 10 of the 100 training images: 9 batches of 10
+    assert "90 train / 10 validation / 20 test images" in result.output
+    assert "step 2/9" in result.output
     for name in ("last.npz", "best.npz"):
         with np.load(out / name, allow_pickle=False) as f:
             assert "model/layers.0.W" in f.files and "optim/velocity.layers.0.W" in f.files
     last = load_checkpoint(out / "last.npz")
     best = load_checkpoint(out / "best.npz")
-    assert last.progress.epoch == 3 and last.progress.global_step == 30
-    assert best.progress.best_test_acc == pytest.approx(max(r["test_acc"] for r in records))
+    assert last.progress.epoch == 3 and last.progress.global_step == 27
+    # best.npz is chosen on validation accuracy, never on the test set
+    best_epoch = max(records, key=lambda r: (r["val_acc"], -r["epoch"]))["epoch"]
+    assert best.progress.epoch == best_epoch
+    assert best.progress.best_acc == pytest.approx(max(r["val_acc"] for r in records))
     assert last.config == written
 
 
@@ -95,7 +101,7 @@ def test_trainer_on_digits_beats_90_percent(tmp_path, numpy_backend):
     trainer = Trainer(build_run(config, load_dataset("digits")), tmp_path, echo=lines.append, progress_bar=False)
     result = trainer.fit()
     assert result.status == "completed" and result.epochs_done == 5
-    assert result.best_test_acc > 0.9
+    assert result.best_acc > 0.9 and trainer.monitor == "train_acc"  # no validation set given
     assert read_metrics(tmp_path)[-1]["train_acc"] > 0.95
     assert sum("train loss" in line for line in lines) == 5
 
@@ -207,5 +213,5 @@ def test_cuda_training_on_digits(tmp_path, cuda_backend):
     config["training"]["epochs"] = 3
     trainer = Trainer(build_run(config, load_dataset("digits")), tmp_path, echo=lambda s: None, progress_bar=False)
     result = trainer.fit()
-    assert result.best_test_acc > 0.85
+    assert result.best_acc > 0.85
     assert load_checkpoint(tmp_path / "last.npz").progress.epoch == 3
