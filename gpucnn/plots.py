@@ -173,6 +173,30 @@ def _run_names(run_dirs: list[Path]) -> list[str]:
     return names
 
 
+class EpochCurves:
+    """Trainer hook: rewrite ``out_dir/curves.png`` after each epoch (``hook()``).
+
+    A figure that cannot be made (no matplotlib, a full disk, anything) is said once in one
+    line through ``echo`` and not tried again: a picture never stops a training run.
+    """
+
+    def __init__(self, out_dir, echo: Callable[[str], None] = print) -> None:
+        self.out_dir = Path(out_dir)
+        self.echo = echo
+        self.disabled = False
+
+    def __call__(self) -> Path | None:
+        if self.disabled:
+            return None
+        try:
+            return save_curves(self.out_dir)
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            self.disabled = True
+            reason = str(exc) if isinstance(exc, GpucnnError) else f"{type(exc).__name__}: {exc}"
+            self.echo(f"note: not drawing {self.out_dir / 'curves.png'} ({reason})")
+            return None
+
+
 # Confusion matrix --------------------------------------------------------------------------
 def confusion_figure(confusion, classes, output, normalize: bool = False, title: str | None = None) -> Path:
     """(K, K) counts (rows = true class) as a heat map with class names and the numbers written.
