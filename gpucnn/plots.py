@@ -281,8 +281,8 @@ def bench_figures(records: list[dict], output_prefix, device_name: str) -> list[
     colors = {name: f"C{i}" for i, name in enumerate(series)}
     paths = []
     for group, members in bench_groups(records).items():
-        paths.append(_bench_group_figure(group, members, series, colors, Path(f"{output_prefix}-{_safe_name(group)}.png"),
-                                         device_name))
+        path = Path(f"{output_prefix}-{_safe_name(group)}.png")
+        paths.append(_bench_group_figure(group, members, series, colors, path, device_name))
     return paths
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from gpucnn.metrics import MetricsLog, utc_timestamp
 from gpucnn.plots import (
-    MAX_WIDTH_PX, EpochCurves, PlotError, bench_figures, bench_groups, compare_runs, confusion_figure, plot_command, read_metrics,
-    save_curves,
+    MAX_WIDTH_PX, EpochCurves, PlotError, bench_figures, bench_groups, compare_runs, confusion_figure, plot_command,
+    read_metrics, save_curves,
 )
 
 pytest.importorskip("matplotlib")
