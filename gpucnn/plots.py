@@ -173,6 +173,30 @@ def _run_names(run_dirs: list[Path]) -> list[str]:
     return names
 
 
+class EpochCurves:
+    """Trainer hook: rewrite ``out_dir/curves.png`` after each epoch (``hook()``).
+
+    A figure that cannot be made (no matplotlib, a full disk, anything) is said once in one
+    line through ``echo`` and not tried again: a picture never stops a training run.
+    """
+
+    def __init__(self, out_dir, echo: Callable[[str], None] = print) -> None:
+        self.out_dir = Path(out_dir)
+        self.echo = echo
+        self.disabled = False
+
+    def __call__(self) -> Path | None:
+        if self.disabled:
+            return None
+        try:
+            return save_curves(self.out_dir)
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            self.disabled = True
+            reason = str(exc) if isinstance(exc, GpucnnError) else f"{type(exc).__name__}: {exc}"
+            self.echo(f"note: not drawing {self.out_dir / 'curves.png'} ({reason})")
+            return None
+
+
 # Confusion matrix --------------------------------------------------------------------------
 def confusion_figure(confusion, classes, output, normalize: bool = False, title: str | None = None) -> Path:
     """(K, K) counts (rows = true class) as a heat map with class names and the numbers written.
@@ -257,8 +281,8 @@ def bench_figures(records: list[dict], output_prefix, device_name: str) -> list[
     colors = {name: f"C{i}" for i, name in enumerate(series)}
     paths = []
     for group, members in bench_groups(records).items():
-        paths.append(_bench_group_figure(group, members, series, colors, Path(f"{output_prefix}-{_safe_name(group)}.png"),
-                                         device_name))
+        path = Path(f"{output_prefix}-{_safe_name(group)}.png")
+        paths.append(_bench_group_figure(group, members, series, colors, path, device_name))
     return paths
 
 
@@ -268,32 +292,37 @@ def _bench_group_figure(group, members, series, colors, path: Path, device_name:
     fig = _new_figure(14, 1.6 + n * (0.16 * len(series) + 0.22))
     ax = fig.subplots()
     ax.set_xscale("log")
-    values, labelled = [], set()
+    values = []
     for s, name in enumerate(series):
+        ys, widths, notes = [], [], []
         for i, r in enumerate(members):
             if name == "gpucnn":
                 ms, ratio = r["ours"]["ms"], None
             else:
                 entry = r.get("peers", {}).get(name) or {}
                 ms, ratio = entry.get("ms"), entry.get("ratio")
-            if ms is None or not (ms > 0):
+            if ms is None or not ms > 0:
                 continue
-            y = i + (s - (len(series) - 1) / 2) * bar
-            ax.barh(y, ms, height=bar * 0.92, color=colors[name], label=None if name in labelled else name)
-            labelled.add(name)
-            values.append(ms)
-            text = f"{ms:.3g} ms" + (f"  ours/{name} {ratio:.2f}x" if ratio is not None else "")
-            ax.text(ms * 1.05, y, text, va="center", fontsize=7,
-                    color="firebrick" if ratio is not None and ratio > 1 else "black")
+            ys.append(i + (s - (len(series) - 1) / 2) * bar)
+            widths.append(ms)
+            notes.append((f"{ms:.3g} ms" + (f"  ours/{name} {ratio:.2f}x" if ratio is not None else ""),
+                          "firebrick" if ratio is not None and ratio > 1 else "black"))
+        if not ys:
+            continue
+        ax.barh(ys, widths, height=bar * 0.92, color=colors[name], label=name)  # one call per series: fast
+        values += widths
+        for y, ms, (text, color) in zip(ys, widths, notes):
+            ax.text(ms * 1.05, y, text, va="center", fontsize=7, color=color)
     ax.set_yticks(range(n), labels=[_record_label(r) for r in members], fontsize=7)
-    ax.invert_yaxis()
-    if values:
-        ax.set_xlim(min(values) / 1.5, max(values) * 4)  # room for the text right of the longest bar
+    ax.set_ylim(n - 0.5, -0.5)  # first record on top
+    ax.set_xlim(min(values) / 1.5, max(values) * 4)  # room for the text right of the longest bar
     ax.set_xlabel("median time per call (ms, log scale); ours/peer > 1 (red): gpucnn slower")
     ax.grid(True, axis="x", which="both", alpha=0.25)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"gpucnn bench: {group} ({n} cases) on {device_name}")
-    fig.tight_layout()
+    # Fixed margins instead of tight_layout, which re-renders every label of a tall figure.
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.5 / height, bottom=0.6 / height)
     return _save(fig, path)
 
 
