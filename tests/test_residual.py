@@ -242,14 +242,14 @@ def test_sgd_reaches_block_children_with_their_group_settings(numpy_backend):
 
 
 # ----------------------------------------------------------------------------- emulated kernels
-def test_emulated_residual_matches_numpy():
+def kernel_backend_matches_numpy(device):
     """A projection block + identity block: forward, dx and every grad, kernels/*.cu vs numpy, float32."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
     dy = rng.standard_normal((2, 5)).astype(np.float32)
     results = []
-    for device in ("numpy", "emulated"):
-        with use_backend(device) as backend:
+    for name in ("numpy", device):
+        with use_backend(name) as backend:
             model = tiny_resnet(seed=3)
             model.layers[-1] = layers.Dense(8, 5, rng=4)
             xb = backend.asarray(x)
@@ -266,6 +266,15 @@ def test_emulated_residual_matches_numpy():
         np.testing.assert_allclose(g1[key], g0[key], rtol=1e-4, atol=1e-5, err_msg=key)
     for key in s0:  # running statistics too
         np.testing.assert_allclose(s1[key], s0[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_emulated_residual_matches_numpy():
+    kernel_backend_matches_numpy("emulated")
+
+
+@pytest.mark.gpu
+def test_cuda_residual_matches_numpy(cuda_backend):
+    kernel_backend_matches_numpy("cuda")
 
 
 # ----------------------------------------------------------------------------- configs
