@@ -95,6 +95,8 @@ def build_layer(spec: dict, shape: tuple[int, ...], key: str, rng: np.random.Gen
         return L.Scale(spec["factor"])
     if kind == "residual":
         return build_residual(spec, shape, key, rng, dtype)
+    if kind == "subsample_pad":
+        return L.SubsamplePad(spec["out_channels"], stride=spec["stride"])
     return _SIMPLE[kind]()
 
 

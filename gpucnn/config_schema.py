@@ -239,6 +239,8 @@ def check_body(key: str, value: Any) -> list:
 # body(x) + shortcut(x); shortcut omitted or [] is the identity. Keys nest: model.layers[3].body[1].stride
 LAYER_FIELDS["residual"] = {"body": Field(check_body, required=True), "shortcut": Field(check_branch, [])}
 LAYER_FIELDS["globalavgpool2d"] = {}  # (C, H, W) -> (C,)
+# option-A shortcut: every stride-th pixel, zero channels up to out_channels; no params
+LAYER_FIELDS["subsample_pad"] = {"out_channels": Field(integer(1), required=True), "stride": Field(int_or_pair(1), 2)}
 
 
 GROUP_FIELDS = {

@@ -108,6 +108,27 @@ def test_global_avg_pool_gradients_and_values(numpy_backend):
     assert pool.forward(x.astype(np.float32)).dtype == np.float32
 
 
+@pytest.mark.parametrize("shape, out_channels, stride", [((2, 3, 5, 4), 6, 2), ((1, 2, 7, 7), 5, (3, 2)),
+                                                         ((2, 2, 4, 4), 2, 1)])
+def test_subsample_pad_values_and_gradients(numpy_backend, shape, out_channels, stride):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape)
+    layer = layers.SubsamplePad(out_channels, stride=stride)
+    y = layer.forward(x)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    front = (out_channels - shape[1]) // 2
+    expected = np.zeros((shape[0], out_channels, -(-shape[2] // sh), -(-shape[3] // sw)))
+    expected[:, front:front + shape[1]] = x[:, :, ::sh, ::sw]
+    np.testing.assert_array_equal(y, expected)
+    assert layer.output_shape(shape[1:]) == y.shape[1:]
+    r = rng.standard_normal(y.shape)
+    layer.forward(x)
+    dx = layer.backward(r)
+    assert relative_error(dx, numeric_grad(lambda: float(np.sum(layer.forward(x) * r)), x)) < TOL
+    with pytest.raises(ValueError, match="out_channels 1 must be at least the input's"):
+        layers.SubsamplePad(1).output_shape(shape[1:])
+
+
 def test_residual_output_is_body_plus_shortcut(numpy_backend):
     rng = np.random.default_rng(4)
     block = basic_block(2, 3, 2, rng)
@@ -342,6 +363,10 @@ def test_residual_config_errors_name_the_nested_key(numpy_backend):
     whitening = validate_config(residual_config([{**BLOCK, "body": [{"type": "whitening_conv2d"}]}, *HEAD]))
     with pytest.raises(ConfigError, match=r"^model\.layers\[0\]\.body\[0\]: whitening_conv2d must be the first"):
         build_model(whitening, (3, 8, 8), 10)
+    option_a = validate_config(residual_config([{**BLOCK, "shortcut": [{"type": "subsample_pad", "out_channels": 8}]},
+                                                *HEAD]))
+    model = build_model(option_a, (3, 8, 8), 10)
+    assert isinstance(model.layers[0].shortcut[0], layers.SubsamplePad) and model.layers[0].shortcut[0].stride == (2, 2)
     flat = validate_config(residual_config([{"type": "flatten"}, {"type": "globalavgpool2d"}, *HEAD[2:]]))
     with pytest.raises(ConfigError, match=r"^model\.layers\[1\]: GlobalAvgPool2D: expected a per-sample shape"):
         build_model(flat, (3, 8, 8), 10)

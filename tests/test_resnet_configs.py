@@ -10,6 +10,7 @@ to ~1e-13 relative; a few seconds each on 2 cores) and ResNet-18 also in float32
 training uses, at a tolerance float32 rounding through 20 BatchNorm layers allows (~5x margin).
 """
 
+import copy
 import json
 from pathlib import Path
 
@@ -40,15 +41,28 @@ def shipped(name: str) -> dict:
 
 # ----------------------------------------------------------------------------- the PyTorch twins
 if torch is not None:
-    class BasicBlock(nn.Module):
+    class SubsamplePad(nn.Module):
+        """Option A as the common CIFAR ResNet code writes it."""
+
         def __init__(self, c_in, c_out, stride):
+            super().__init__()
+            self.pad, self.stride = (c_out - c_in) // 2, stride
+
+        def forward(self, x):
+            x = x[:, :, :: self.stride, :: self.stride]
+            return nn.functional.pad(x, (0, 0, 0, 0, self.pad, self.pad))
+
+    class BasicBlock(nn.Module):
+        def __init__(self, c_in, c_out, stride, option="B"):
             super().__init__()
             self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
             self.bn1 = nn.BatchNorm2d(c_out)
             self.conv2 = nn.Conv2d(c_out, c_out, 3, stride=1, padding=1, bias=False)
             self.bn2 = nn.BatchNorm2d(c_out)
             self.shortcut = nn.Sequential()
-            if stride != 1 or c_in != c_out:  # option B: projection where the shape changes
+            if (stride != 1 or c_in != c_out) and option == "A":
+                self.shortcut = SubsamplePad(c_in, c_out, stride)
+            elif stride != 1 or c_in != c_out:  # option B: projection where the shape changes
                 self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False),
                                               nn.BatchNorm2d(c_out))
 
@@ -60,14 +74,14 @@ if torch is not None:
     class CifarResNet(nn.Module):
         """3x3 stem, stages of basic blocks (stride 2 at the first block of every stage but the first)."""
 
-        def __init__(self, widths, blocks, num_classes=10):
+        def __init__(self, widths, blocks, num_classes=10, option="B"):
             super().__init__()
             self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
             self.bn1 = nn.BatchNorm2d(widths[0])
             stages, c_in = [], widths[0]
             for i, (width, n) in enumerate(zip(widths, blocks)):
                 for b in range(n):
-                    stages.append(BasicBlock(c_in, width, 2 if i > 0 and b == 0 else 1))
+                    stages.append(BasicBlock(c_in, width, 2 if i > 0 and b == 0 else 1, option))
                     c_in = width
             self.stages = nn.Sequential(*stages)
             self.linear = nn.Linear(c_in, num_classes)
@@ -77,8 +91,17 @@ if torch is not None:
             return self.linear(out.mean(dim=(2, 3)))
 
 
-def resnet20_twin():
-    return CifarResNet((16, 32, 64), (3, 3, 3))
+def resnet20_twin(option="B"):
+    return CifarResNet((16, 32, 64), (3, 3, 3), option=option)
+
+
+def option_a(config):
+    """The config with every projection shortcut replaced by the paper's option A (as resnet20.toml says)."""
+    config = copy.deepcopy(config)
+    for spec in config["model"]["layers"]:
+        if spec["type"] == "residual" and spec["shortcut"]:
+            spec["shortcut"] = [{"type": "subsample_pad", "out_channels": spec["body"][0]["out_channels"]}]
+    return validate_config(config)
 
 
 def resnet18_twin(widths=(64, 128, 256, 512)):
@@ -248,6 +271,16 @@ def test_resnet20_param_count_is_the_twins(numpy_backend):
 def test_resnet20_matches_torch_in_float64(numpy_backend):
     """Two SGD steps (the second with momentum), batch 2: the same math to ~1e-13."""
     assert_twins(shipped("resnet20"), resnet20_twin(), np.float64, batch=2, steps=2, rtol=1e-11, atol_frac=1e-12)
+
+
+@needs_torch
+def test_resnet20_option_a_matches_torch_in_float64(numpy_backend):
+    """The paper's parameter-free shortcut: 269,722 params in both, the same training step."""
+    config = option_a(shipped("resnet20"))
+    count = sum(p.numel() for p in resnet20_twin("A").parameters())
+    assert build_model(config, CIFAR_SHAPE, 10).num_params() == count
+    assert count < sum(p.numel() for p in resnet20_twin("B").parameters())
+    assert_twins(config, resnet20_twin("A"), np.float64, batch=2, steps=1, rtol=1e-11, atol_frac=1e-12)
 
 
 def test_float64_build_is_the_shipped_build(numpy_backend):

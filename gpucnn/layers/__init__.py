@@ -7,7 +7,7 @@ from gpucnn.layers.dense import Dense
 from gpucnn.layers.dropout import Dropout
 from gpucnn.layers.norm import BatchNorm2D
 from gpucnn.layers.pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
-from gpucnn.layers.residual import Add, Residual
+from gpucnn.layers.residual import Add, Residual, SubsamplePad
 from gpucnn.layers.scale import Scale
 from gpucnn.layers.shape import Flatten
 
@@ -29,4 +29,5 @@ __all__ = [
     "Scale",
     "Residual",
     "Add",
+    "SubsamplePad",
 ]

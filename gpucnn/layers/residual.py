@@ -1,4 +1,5 @@
-"""Branching containers: Add (sum of parallel branches) and Residual (body + shortcut).
+"""Branching containers: Add (sum of parallel branches) and Residual (body + shortcut),
+and SubsamplePad, the parameter-free shortcut of He et al.'s CIFAR nets (option A).
 
 Each branch is a list of layers applied in order to the container's input; an empty
 branch is the identity. The outputs of all branches must have the same shape and are
@@ -7,7 +8,7 @@ summed; backward sends dy down every branch and sums the input gradients.
 
 from __future__ import annotations
 
-from gpucnn.layers.base import Layer
+from gpucnn.layers.base import Layer, as_pair
 
 
 def _chain_shape(branch: list[Layer], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -155,3 +156,50 @@ class Residual(Add):
     def __repr__(self) -> str:
         shortcut = f"{len(self.shortcut)} layers" if self.shortcut else "identity"
         return f"Residual(body={len(self.body)} layers, shortcut={shortcut})"
+
+
+class SubsamplePad(Layer):
+    """Option-A shortcut: (N, C, H, W) -> (N, out_channels, ceil(H/sh), ceil(W/sw)), no params.
+
+    Keeps every ``stride``-th pixel (the positions a 1x1 conv with that stride reads) and adds
+    zero channels, (out_channels - C) // 2 before and the rest after, as the common CIFAR
+    ResNet code does (``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))``).
+    """
+
+    def __init__(self, out_channels: int, stride=2) -> None:
+        super().__init__(None)
+        if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 1:
+            raise ValueError(f"SubsamplePad: out_channels must be an int >= 1, got {out_channels!r}")
+        self.out_channels = out_channels
+        self.stride = as_pair(stride, "SubsamplePad stride", 1)
+        self._x_shape = None
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: expected a per-sample shape (C, H, W), got {tuple(input_shape)}")
+        c, h, w = input_shape
+        if c > self.out_channels:
+            raise ValueError(f"{self.name}: out_channels {self.out_channels} must be at least the input's {c} channels")
+        (sh, sw) = self.stride
+        return (self.out_channels, (h - 1) // sh + 1, (w - 1) // sw + 1)
+
+    def forward(self, x, training: bool = True):
+        self.check_input(x, 4, "(N, C, H, W)")
+        c_out, oh, ow = self.output_shape(tuple(x.shape[1:]))
+        self._x_shape = tuple(x.shape)
+        front = (c_out - x.shape[1]) // 2
+        y = self.xp.zeros((x.shape[0], c_out, oh, ow), dtype=x.dtype)
+        y[:, front:front + x.shape[1]] = x[:, :, :: self.stride[0], :: self.stride[1]]
+        return y
+
+    def backward(self, dy):
+        if self._x_shape is None:
+            raise RuntimeError(f"{self.name}: backward called before forward")
+        c = self._x_shape[1]
+        front = (self.out_channels - c) // 2
+        dx = self.xp.zeros(self._x_shape, dtype=dy.dtype)
+        dx[:, :, :: self.stride[0], :: self.stride[1]] = dy[:, front:front + c]
+        return dx
+
+    def __repr__(self) -> str:
+        return f"SubsamplePad({self.out_channels}, stride={self.stride})"
