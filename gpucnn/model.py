@@ -115,7 +115,7 @@ class Sequential:
         return "\n".join(parts)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Host copies of params and layer state, keys ``layers.{i}.{name}``."""
+        """Host copies of params and layer state, keys ``layers.{path}.{name}`` (see ``named_layers``)."""
         out: dict[str, np.ndarray] = {}
         for path, layer in self.named_layers():
             for name, value in {**layer.params, **layer.state()}.items():
