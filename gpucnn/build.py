@@ -26,7 +26,7 @@ from gpucnn.optim import SGD
 from gpucnn.schedules import LRSchedule, schedule_from_config
 from gpucnn.whitening import normalized_images, whitening_filters
 
-_SIMPLE = {**L.ACTIVATION_LAYERS, "flatten": L.Flatten}
+_SIMPLE = {**L.ACTIVATION_LAYERS, "flatten": L.Flatten, "globalavgpool2d": L.GlobalAvgPool2D}
 
 
 def _spatial_check(key: str, spec: dict, shape: tuple[int, ...], what: str) -> None:
@@ -95,7 +95,45 @@ def build_layer(spec: dict, shape: tuple[int, ...], key: str, rng: np.random.Gen
         return L.Dropout(spec["p"], rng=rng)
     if kind == "scale":
         return L.Scale(spec["factor"])
+    if kind == "residual":
+        return build_residual(spec, shape, key, rng, dtype)
+    if kind == "subsample_pad":
+        return L.SubsamplePad(spec["out_channels"], stride=spec["stride"])
     return _SIMPLE[kind]()
+
+
+def build_branch(specs: list[dict], shape: tuple[int, ...], key: str, rng: np.random.Generator,
+                 dtype=np.float32) -> tuple[list, tuple[int, ...]]:
+    """The layers of one residual branch (``key`` e.g. ``model.layers[3].body``) and its output shape.
+
+    Each layer's input sizes come from the shape flowing through the branch, as in build_model.
+    """
+    built = []
+    for j, spec in enumerate(specs):
+        where = f"{key}[{j}]"
+        if spec["type"] == "whitening_conv2d":
+            raise ConfigError(f"{where}: whitening_conv2d must be the first layer of the model, not inside a block")
+        try:
+            layer = build_layer(spec, shape, where, rng, dtype)
+            shape = tuple(layer.output_shape(shape))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        built.append(layer)
+    return built, shape
+
+
+def build_residual(spec: dict, shape: tuple[int, ...], key: str, rng: np.random.Generator, dtype=np.float32):
+    """``{type = "residual", body = [...], shortcut = [...]}``: body(x) + shortcut(x), weights body first."""
+    body, body_shape = build_branch(spec["body"], shape, f"{key}.body", rng, dtype)
+    shortcut, shortcut_shape = build_branch(spec.get("shortcut", []), shape, f"{key}.shortcut", rng, dtype)
+    if body_shape != shortcut_shape:
+        what = "the identity shortcut passes" if not shortcut else "the shortcut gives"
+        raise ConfigError(
+            f"{key}.shortcut: the body gives {body_shape} but {what} {shortcut_shape} for input {shape}; "
+            f"they are added, so they must agree: give a projection shortcut, a 1x1 conv2d with "
+            f"out_channels = {body_shape[0] if body_shape else '?'} and the body's stride, then a batchnorm2d"
+        )
+    return L.Residual(body, shortcut)
 
 
 def whitening_input(config: dict, x_train: np.ndarray, mean, std):

@@ -217,6 +217,26 @@ def check_layers(key: str, value: Any) -> list:
     return layers
 
 
+# ----------------------------------------------------------------------------- residual nets
+def check_branch(key: str, value: Any) -> list:
+    """A residual branch: a list of layer tables, each validated like ``model.layers`` (may be empty)."""
+    return list_of(check_layer)(key, value)
+
+
+def check_body(key: str, value: Any) -> list:
+    layers = check_branch(key, value)
+    if not layers:
+        raise ConfigError(f"{key}: expected at least one layer, got an empty list")
+    return layers
+
+
+# body(x) + shortcut(x); shortcut omitted or [] is the identity. Keys nest: model.layers[3].body[1].stride
+LAYER_FIELDS["residual"] = {"body": Field(check_body, required=True), "shortcut": Field(check_branch, [])}
+LAYER_FIELDS["globalavgpool2d"] = {}  # (C, H, W) -> (C,)
+# option-A shortcut: every stride-th pixel, zero channels up to out_channels; no params
+LAYER_FIELDS["subsample_pad"] = {"out_channels": Field(integer(1), required=True), "stride": Field(int_or_pair(1), 2)}
+
+
 GROUP_FIELDS = {
     "kind": Field(choice(*PARAM_KINDS)),
     "layer": Field(choice(*(cls.__name__.lower() for cls in PARAMETRIC_LAYERS))),

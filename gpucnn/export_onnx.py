@@ -185,6 +185,31 @@ converter(L.Tanh)(_elementwise("Tanh"))
 converter(L.Softplus)(_elementwise("Softplus"))
 
 
+@converter(L.SiLU)
+def _silu(layer, g: OnnxGraph, x: str) -> str:
+    return g.node("Mul", [x, g.node("Sigmoid", [x])], hint="silu")
+
+
+@converter(L.GlobalAvgPool2D)
+def _global_avgpool(layer, g: OnnxGraph, x: str) -> str:
+    return g.node("Flatten", [g.node("GlobalAveragePool", [x])], axis=1)
+
+
+@converter(L.SubsamplePad)
+def _subsample_pad(layer, g: OnnxGraph, x: str) -> str:
+    """x[:, :, ::sh, ::sw] with zero channels padded before and after (as SubsamplePad.forward)."""
+    big = np.iinfo(np.int64).max
+    sliced = g.node("Slice", [x, g.const(np.array([0, 0], np.int64), "starts"),
+                              g.const(np.array([big, big], np.int64), "ends"),
+                              g.const(np.array([2, 3], np.int64), "axes"),
+                              g.const(np.array(layer.stride, np.int64), "steps")])
+    in_channels = layer.in_channels  # set by build_onnx's shape pass (output_shape)
+    front = (layer.out_channels - in_channels) // 2
+    back = layer.out_channels - in_channels - front
+    pads = g.const(np.array([0, front, 0, 0, 0, back, 0, 0], np.int64), "pads")
+    return g.node("Pad", [sliced, pads], mode="constant")
+
+
 @converter(L.Scale)
 def _scale(layer, g: OnnxGraph, x: str) -> str:
     return g.node("Mul", [x, g.const(np.array(layer.factor), "scale")])
@@ -200,27 +225,15 @@ def _dropout(layer, g: OnnxGraph, x: str) -> str:
     return x  # the identity in evaluation mode
 
 
-def _as_layers(part) -> list:
-    """A composite's child: None (identity), a Layer, a list of layers or a Sequential."""
-    if part is None:
-        return []
-    if isinstance(part, (list, tuple)):
-        return list(part)
-    if hasattr(part, "layers") and not isinstance(part, L.Layer):
-        return list(part.layers)
-    return [part]
-
-
-def convert_residual(layer, g: OnnxGraph, x: str) -> str:
-    """y = body(x) + shortcut(x); ``layer.body`` and ``layer.shortcut`` (None: identity) as ``_as_layers``."""
+@converter(L.Add)
+def convert_add(layer, g: OnnxGraph, x: str) -> str:
+    """y = sum of the branches (Residual: body + shortcut); an empty branch is the identity."""
     where = g.where
-    body = g.chain(_as_layers(layer.body), x, f"{where}.body")
-    shortcut = g.chain(_as_layers(getattr(layer, "shortcut", None)), x, f"{where}.shortcut")
-    return g.node("Add", [body, shortcut], hint="residual")
-
-
-if hasattr(L, "Residual"):
-    converter(L.Residual)(convert_residual)
+    outputs = [g.chain(branch, x, f"{where}.{name}") for name, branch in zip(layer.branch_names, layer.branches)]
+    y = outputs[0]
+    for other in outputs[1:]:
+        y = g.node("Add", [y, other], hint="residual")
+    return y
 
 
 def _metadata(classes, input_shape, mean, std) -> dict[str, str]:

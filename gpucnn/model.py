@@ -11,8 +11,19 @@ from gpucnn.atomic import atomic_open
 from gpucnn.layers.base import Layer
 
 
+def _walk(path, layer: Layer):
+    yield path, layer
+    for name, child in layer.sublayers():
+        yield from _walk(f"{path}.{name}", child)
+
+
 class Sequential:
-    """Layers applied in order. Param keys are ``layers.{i}.{name}``."""
+    """Layers applied in order. Param keys are ``layers.{i}.{name}``.
+
+    Containers (``Residual``...) expose their children through ``Layer.sublayers()``; their
+    params are keyed by the child's path, ``layers.{i}.body.{j}.{name}``. A flat model's
+    keys are unchanged.
+    """
 
     def __init__(self, layers: list[Layer]) -> None:
         layers = list(layers)
@@ -46,10 +57,10 @@ class Sequential:
         return self.layers[0].backward(d, input_grad=input_grad)
 
     def set_step_seeds(self, seed_of) -> None:
-        """Give every layer that ``takes_step_seed`` the seed ``seed_of(layer_index)``."""
-        for index, layer in enumerate(self.layers):
+        """Give every layer of the tree that ``takes_step_seed`` the seed ``seed_of(path)`` (see ``named_layers``)."""
+        for path, layer in self.named_layers():
             if layer.takes_step_seed:
-                layer.set_step_seed(seed_of(index))
+                layer.set_step_seed(seed_of(path))
 
     def predict(self, x, batch_size: int = 256):
         """Logits in evaluation mode, computed batch by batch (a backend array)."""
@@ -59,30 +70,41 @@ class Sequential:
         outs = [self.forward(x[i : i + batch_size], training=False) for i in range(0, x.shape[0], batch_size)]
         return xp.concatenate(outs, axis=0)
 
-    def parameters(self) -> list[tuple[int, Layer, str]]:
-        return [(i, layer, name) for i, layer in enumerate(self.layers) for name in layer.params]
+    def named_layers(self) -> list[tuple[int | str, Layer]]:
+        """Every layer of the tree, containers before their children, as (path, layer).
+
+        ``path`` is the int index of a top-level layer and ``"{i}.{child}"`` (e.g. "3.body.1")
+        for a nested one, so ``f"layers.{path}.{param}"`` is a param's key everywhere.
+        """
+        return [item for i, layer in enumerate(self.layers) for item in _walk(i, layer)]
+
+    def parameters(self) -> list[tuple[int | str, Layer, str]]:
+        """(path, owning layer, param name) for every param of the tree (see ``named_layers``)."""
+        return [(path, layer, name) for path, layer in self.named_layers() for name in layer.params]
 
     def num_params(self) -> int:
         return sum(layer.num_params() for layer in self.layers)
 
+    def num_trainable_params(self) -> int:
+        return sum(layer.num_trainable_params() for layer in self.layers)
+
     def zero_grads(self) -> None:
-        for layer in self.layers:
+        for _, layer in self.named_layers():
             for name, g in layer.grads.items():
                 layer.grads[name] = layer.xp.zeros_like(layer.params[name])
 
     def summary(self, input_shape: tuple[int, ...]) -> str:
         """Keras-like table: layer, per-sample output shape, params; then the totals."""
-        rows = []
+        rows: list[tuple[str, str, str]] = []
         shape = tuple(input_shape)
         for i, layer in enumerate(self.layers):
-            shape = layer.output_shape(shape)
-            rows.append((f"{i}: {layer!r}", str((None, *shape)), f"{layer.num_params():,}"))
+            shape = _summary_rows(f"{i}", layer, shape, 0, rows)
         head = ("Layer", "Output shape", "Params")
         widths = [max(len(r[c]) for r in rows + [head]) for c in range(3)]
         line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
         rule = "-" * (sum(widths) + 4)
         total = self.num_params()
-        trainable = sum(layer.num_trainable_params() for layer in self.layers)
+        trainable = self.num_trainable_params()
         parts = [f"Input shape: {(None, *tuple(input_shape))}", rule, line(head), "=" * len(rule)]
         parts += [line(r) for r in rows]
         parts += [
@@ -94,11 +116,11 @@ class Sequential:
         return "\n".join(parts)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Host copies of params and layer state, keys ``layers.{i}.{name}``."""
+        """Host copies of params and layer state, keys ``layers.{path}.{name}`` (see ``named_layers``)."""
         out: dict[str, np.ndarray] = {}
-        for i, layer in enumerate(self.layers):
+        for path, layer in self.named_layers():
             for name, value in {**layer.params, **layer.state()}.items():
-                out[f"layers.{i}.{name}"] = np.array(layer.backend.to_host(value))
+                out[f"layers.{path}.{name}"] = np.array(layer.backend.to_host(value))
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -112,12 +134,12 @@ class Sequential:
             value = np.asarray(state[key])
             if value.shape != current.shape:
                 raise ValueError(f"load_state_dict: {key!r} expected shape {current.shape}, got {value.shape}")
-        for i, layer in enumerate(self.layers):
+        for path, layer in self.named_layers():
             for name in layer.params:
-                layer.set_param(name, state[f"layers.{i}.{name}"])
+                layer.set_param(name, state[f"layers.{path}.{name}"])
             names = list(layer.state())
             if names:
-                layer.load_state({n: state[f"layers.{i}.{n}"] for n in names})
+                layer.load_state({n: state[f"layers.{path}.{n}"] for n in names})
 
     def save(self, path) -> None:
         """Write state_dict() to an .npz file atomically (temp file + os.replace)."""
@@ -139,3 +161,17 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential([\n  {inner}\n])"
+
+
+def _summary_rows(label: str, layer: Layer, shape: tuple[int, ...], depth: int, rows: list) -> tuple[int, ...]:
+    """Append the row of ``layer`` and, indented below it, its children's; return its output shape.
+
+    The children of one branch (``{branch}.{j}``) run in order from the container's input.
+    """
+    out_shape = tuple(layer.output_shape(shape))
+    rows.append((f"{'  ' * depth}{label}: {layer!r}", str((None, *out_shape)), f"{layer.num_params():,}"))
+    branch_shapes: dict[str, tuple[int, ...]] = {}
+    for name, child in layer.sublayers():
+        branch = name.rsplit(".", 1)[0]
+        branch_shapes[branch] = _summary_rows(name, child, branch_shapes.get(branch, shape), depth + 1, rows)
+    return out_shape

@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,9 +41,12 @@ from gpucnn.metrics import MetricsLog, RunningMetrics
 from gpucnn.rundir import checkpoint_epoch, prepare_out_dir
 
 
-def dropout_seed(seed: int, epoch: int, step: int, layer_index: int) -> int:
-    """The uint32 seed of one randomized layer (Dropout) at one step: a hash of (seed, epoch, step, layer)."""
-    return int(np.random.SeedSequence([seed, epoch, step, layer_index]).generate_state(1, np.uint32)[0])
+def dropout_seed(seed: int, epoch: int, step: int, layer_path: int | str) -> int:
+    """The uint32 seed of one randomized layer (Dropout) at one step: a hash of (seed, epoch, step, layer).
+
+    ``layer_path``: the top-level index, or a nested layer's path such as "3.body.1"."""
+    where = [layer_path] if isinstance(layer_path, int) else [zlib.crc32(str(layer_path).encode()), 1 << 32]
+    return int(np.random.SeedSequence([seed, epoch, step, *where]).generate_state(1, np.uint32)[0])
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -13,7 +13,7 @@ from gpucnn.build import build_model
 from gpucnn.checkpoint import Progress, save_checkpoint
 from gpucnn.config import load_config, validate_config
 from gpucnn.export_onnx import (
-    CONVERTERS, ExportError, build_onnx, convert_residual, converter, export_command, export_onnx,
+    CONVERTERS, ExportError, build_onnx, converter, export_command, export_onnx,
 )
 from gpucnn.model import Sequential
 
@@ -132,45 +132,21 @@ def test_bad_arguments_are_clear_errors(tmp_path):
         build_onnx(model, (1, 3, 3), ["a", "b"])
 
 
-class _Residual(L.Layer):
-    """Stand-in for the residual block being added: y = body(x) + shortcut(x)."""
-
-    def __init__(self, body, shortcut=None):
-        super().__init__(None)
-        self.body, self.shortcut = body, shortcut
-
-    def sublayers(self):
-        return [*self.body, *([] if self.shortcut is None else [self.shortcut])]
-
-    def output_shape(self, input_shape):
-        for layer in self.body:
-            input_shape = layer.output_shape(input_shape)
-        return input_shape
-
-    def forward(self, x, training=True):
-        y = x
-        for layer in self.body:
-            y = layer.forward(y, training)
-        return y + (x if self.shortcut is None else self.shortcut.forward(x, training))
-
-
-def test_a_composite_layer_is_one_registered_function():
-    converter(_Residual)(convert_residual)
-    try:
-        rng = np.random.default_rng(4)
-        model = Sequential([
-            L.Conv2D(2, 4, 3, padding=1, rng=rng),
-            _Residual([L.Conv2D(4, 4, 3, padding=1, rng=rng), L.BatchNorm2D(4), L.ReLU()]),
-            _Residual([L.Conv2D(4, 6, 3, stride=2, padding=1, rng=rng)], L.Conv2D(4, 6, 1, stride=2, rng=rng)),
-            L.Flatten(), L.Dense(6 * 3 * 3, 3, rng=rng),
-        ])
-        _randomize(model)
-        model.layers[1].body[1].load_state({"running_mean": np.full(4, 0.3), "running_var": np.full(4, 2.0)})
-        _check(model, (2, 6, 6))
-        with pytest.raises(ExportError, match=r"layer 1\.body\[0\] \(_Mystery\)"):
-            build_onnx(Sequential([L.Flatten(), _Residual([_Mystery()]), L.Dense(8, 2)]), (2, 2, 2), ["a", "b"])
-    finally:
-        CONVERTERS.pop(_Residual, None)
+def test_residual_blocks_and_every_activation_export():
+    rng = np.random.default_rng(4)
+    model = Sequential([
+        L.Conv2D(2, 4, 3, padding=1, rng=rng),
+        L.Residual([L.Conv2D(4, 4, 3, padding=1, rng=rng), L.BatchNorm2D(4), L.SiLU()]),
+        L.Residual([L.Conv2D(4, 6, 3, stride=2, padding=1, rng=rng)], [L.Conv2D(4, 6, 1, stride=2, rng=rng)]),
+        L.Residual([L.Conv2D(6, 8, 3, stride=2, padding=1, rng=rng)], [L.SubsamplePad(8, stride=2)]),
+        L.Add([L.Tanh()], [L.Sigmoid()], [L.Softplus()], []),
+        L.GELU(), L.GlobalAvgPool2D(), L.Dense(8, 3, rng=rng),
+    ])
+    _randomize(model)
+    model.layers[1].body[1].load_state({"running_mean": np.full(4, 0.3), "running_var": np.full(4, 2.0)})
+    _check(model, (2, 6, 6))
+    with pytest.raises(ExportError, match=r"layer 1\.body\[0\] \(_Mystery\)"):
+        build_onnx(Sequential([L.Flatten(), L.Residual([_Mystery()]), L.Dense(8, 2)]), (2, 2, 2), ["a", "b"])
 
 
 def test_export_command_from_a_checkpoint(tmp_path):

@@ -99,11 +99,12 @@ def test_softmax_is_stable_for_large_logits():
 def test_a_trained_model_predicts_what_training_measured(tmp_path, config):
     """After a real (1 epoch) run, best.npz classifies the test images as the Trainer's evaluation did."""
     from gpucnn.data import load_dataset
+    from gpucnn.build import build_run
     from gpucnn.train import Trainer
 
     config["training"]["epochs"] = 1
     dataset = load_dataset("digits")
-    Trainer(config, dataset, tmp_path, echo=lambda s: None, progress_bar=False).fit()
+    Trainer(build_run(config, dataset), tmp_path, echo=lambda s: None, progress_bar=False).fit()
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     trained = load(tmp_path / "best.npz")
     pred = trained.predict(dataset.x_test, batch_size=100).argmax(axis=1)

@@ -99,6 +99,15 @@ class Layer:
         """Per-sample output shape for a per-sample input shape (no batch axis)."""
         return tuple(input_shape)
 
+    def sublayers(self) -> list[tuple[str, Layer]]:
+        """A container's child layers as (name, layer), e.g. ("body.0", conv); [] for a leaf.
+
+        Names are dotted ``{branch}.{j}``: the children of one branch are applied in order
+        to the container's input. A Sequential walks this tree for params, optimizer groups,
+        state_dict keys (``layers.{i}.{name}.{param}``) and its summary.
+        """
+        return []
+
     def num_params(self) -> int:
         return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
 

@@ -1,4 +1,4 @@
-"""Max and average pooling layers, NCHW."""
+"""Max, average and global average pooling layers, NCHW."""
 
 from __future__ import annotations
 
@@ -64,3 +64,32 @@ class AvgPool2D(_Pool2D):
         if self._x_shape is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
         return self.ops.avgpool2d_backward(dy, self._x_shape, self.kernel_size, self.stride, self.padding)
+
+
+class GlobalAvgPool2D(Layer):
+    """(N, C, H, W) -> (N, C): the mean over each channel's plane; dx = dy / (H*W) everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self._x_shape = None
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: expected a per-sample shape (C, H, W), got {tuple(input_shape)}")
+        return (input_shape[0],)
+
+    def forward(self, x, training: bool = True):
+        self.check_input(x, 4, "(N, C, H, W)")
+        self._x_shape = tuple(x.shape)
+        return x.mean(axis=(2, 3), dtype=x.dtype)
+
+    def backward(self, dy, input_grad: bool = True):
+        if self._x_shape is None:
+            raise RuntimeError(f"{self.name}: backward called before forward")
+        n, c, h, w = self._x_shape
+        scaled = dy.reshape(n, c, 1, 1) * dy.dtype.type(1.0 / (h * w))
+        # Contiguous, as every op expects: a broadcast view would have zero strides.
+        return self.xp.ascontiguousarray(self.xp.broadcast_to(scaled, self._x_shape))
+
+    def __repr__(self) -> str:
+        return "GlobalAvgPool2D()"
