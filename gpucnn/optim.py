@@ -20,11 +20,15 @@ from gpucnn.checks import finite_number
 from gpucnn.clip import clip_grad_norm  # noqa: F401  (re-exported: optim.clip_grad_norm)
 
 
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")  # the one owner of optimizer names (config optimizer.name)
+
+
 class Optimizer:
     """Shared bookkeeping; ``lr`` is the base rate that schedules set.
 
     ``groups``: list of {"kind": "weight"|"bias", "layer": class name, "lr_scale": float,
-    "weight_decay": float}; a param takes the first group whose given keys all match, and
+    "weight_decay": float}; a param takes the first group whose given keys all match ("layer"
+    ignores case), and
     a group without "weight_decay" keeps the default (``weight_decay`` on weights, 0 on biases).
     """
 
@@ -57,7 +61,8 @@ class Optimizer:
         for group in self.groups:
             if "kind" in group and group["kind"] != kind:
                 continue
-            if "layer" in group and group["layer"] != type(layer).__name__:
+            # case-insensitive: configs spell layer classes in lower case ("batchnorm2d")
+            if "layer" in group and str(group["layer"]).lower() != type(layer).__name__.lower():
                 continue
             return float(group.get("lr_scale", 1.0)), float(group.get("weight_decay", default_wd))
         return 1.0, default_wd
@@ -209,3 +214,22 @@ class AdamW(Adam):
     def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  amsgrad: bool = False, groups=None):
         super().__init__(model, lr, betas, eps, weight_decay, amsgrad, groups)
+
+
+def optimizer_from_config(config: dict, model) -> Optimizer:
+    """The optimizer a validated config's ``optimizer`` section describes.
+
+    Keys: name ("sgd" | "adam" | "adamw"), lr, weight_decay, groups (all optimizers);
+    momentum, nesterov (sgd); betas, eps, amsgrad (adam, adamw; torch's defaults when absent).
+    """
+    opt = config["optimizer"]
+    name = opt.get("name", "sgd")
+    groups = opt.get("groups", [])
+    if name == "sgd":
+        return SGD(model, opt["lr"], momentum=opt.get("momentum", 0.0), nesterov=opt.get("nesterov", False),
+                   weight_decay=opt.get("weight_decay", 0.0), groups=groups)
+    if name in ("adam", "adamw"):
+        cls = Adam if name == "adam" else AdamW
+        return cls(model, opt["lr"], betas=tuple(opt.get("betas", (0.9, 0.999))), eps=opt.get("eps", 1e-8),
+                   weight_decay=opt.get("weight_decay", 0.0), amsgrad=opt.get("amsgrad", False), groups=groups)
+    raise ValueError(f"optimizer.name: unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}")

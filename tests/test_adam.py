@@ -143,3 +143,20 @@ def test_bad_arguments_name_class_argument_and_range(kwargs, message):
 def test_adamw_errors_name_adamw():
     with pytest.raises(ValueError, match=r"^AdamW: eps must be"):
         optim.AdamW(net(), eps=-1.0)
+
+
+def test_optimizer_from_config_builds_each_named_optimizer():
+    model = net()
+    section = {"lr": 0.02, "weight_decay": 0.1, "groups": [{"layer": "batchnorm2d", "lr_scale": 0.5}]}
+    sgd = optim.optimizer_from_config({"optimizer": {**section, "name": "sgd", "momentum": 0.9, "nesterov": True}}, model)
+    assert type(sgd) is optim.SGD and (sgd.lr, sgd.momentum, sgd.nesterov, sgd.weight_decay) == (0.02, 0.9, True, 0.1)
+    adam = optim.optimizer_from_config({"optimizer": {**section, "name": "adamw", "betas": [0.8, 0.99], "eps": 1e-7,
+                                                      "amsgrad": True}}, model)
+    assert type(adam) is optim.AdamW and (adam.betas, adam.eps, adam.amsgrad) == ((0.8, 0.99), 1e-7, True)
+    # a config's lower-case layer name selects the class: BatchNorm2D params get lr_scale 0.5
+    assert adam._settings(model.layers[1], "gamma") == (0.5, 0.1)
+    assert adam._settings(model.layers[0], "W") == (1.0, 0.1)
+    plain = optim.optimizer_from_config({"optimizer": {"name": "adam", "lr": 0.1}}, model)
+    assert (plain.betas, plain.eps, plain.amsgrad, plain.weight_decay) == ((0.9, 0.999), 1e-8, False, 0.0)
+    with pytest.raises(ValueError, match=r"optimizer.name: unknown optimizer 'rmsprop'; expected one of sgd, adam, adamw"):
+        optim.optimizer_from_config({"optimizer": {"name": "rmsprop", "lr": 0.1}}, model)
