@@ -45,7 +45,9 @@ class Optimizer:
         for i, group in enumerate(self.groups):
             unknown = set(group) - self._GROUP_KEYS
             if unknown:
-                raise ValueError(f"{owner}: groups[{i}] has unknown keys {sorted(unknown)}; allowed {sorted(self._GROUP_KEYS)}")
+                raise ValueError(
+                    f"{owner}: groups[{i}] has unknown keys {sorted(unknown)}; allowed {sorted(self._GROUP_KEYS)}"
+                )
             if "kind" in group and group["kind"] not in ("weight", "bias"):
                 raise ValueError(f"{owner}: groups[{i}].kind must be 'weight' or 'bias', got {group['kind']!r}")
             for key in ("lr_scale", "weight_decay"):
@@ -96,7 +98,11 @@ class Optimizer:
     def state_dict(self) -> dict[str, np.ndarray]:
         """Host copies: ``{buffer}.layers.{i}.{name}`` arrays and ``step.layers.{i}.{name}`` int64 scalars."""
         to_host = self.model.backend.to_host
-        out = {f"{buffer}.{key}": np.array(to_host(v)) for buffer, store in self.buffers.items() for key, v in store.items()}
+        out = {
+            f"{buffer}.{key}": np.array(to_host(value))
+            for buffer, store in self.buffers.items()
+            for key, value in store.items()
+        }
         out.update({f"step.{key}": np.int64(n) for key, n in self.steps.items()})
         return out
 
@@ -177,7 +183,9 @@ class Adam(Optimizer):
         owner = type(self).__name__
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = tuple(finite_number(owner, f"betas[{i}]", b, 0.0, 1.0, high_open=True) for i, b in enumerate(betas))
+        self.betas = tuple(
+            finite_number(owner, f"betas[{i}]", beta, 0.0, 1.0, high_open=True) for i, beta in enumerate(betas)
+        )
         self.eps = finite_number(owner, "eps", eps, 0.0, low_open=True)
 
     def _update(self, key, layer, name, lr, weight_decay):
