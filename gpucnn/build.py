@@ -22,7 +22,7 @@ from gpucnn.backend import get_backend
 from gpucnn.errors import ConfigError
 from gpucnn.losses import SoftmaxCrossEntropy
 from gpucnn.model import Sequential
-from gpucnn.optim import SGD
+from gpucnn.optim import Optimizer, optimizer_from_config
 from gpucnn.schedules import LRSchedule, schedule_from_config
 from gpucnn.whitening import normalized_images, whitening_filters
 
@@ -190,7 +190,7 @@ class Run:
     config: dict
     dataset: object
     model: Sequential
-    optimizer: SGD
+    optimizer: Optimizer
     loss_fn: SoftmaxCrossEntropy
     mean: np.ndarray
     std: np.ndarray
@@ -231,22 +231,9 @@ def normalization(config: dict, x_train: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.zeros(channels), np.ones(channels)
 
 
-def build_optimizer(config: dict, model: Sequential) -> SGD:
-    """The optimizer of ``config["optimizer"]``, with its param groups, over ``model``."""
-    opt = config["optimizer"]
-    groups = []
-    for group in opt["groups"]:
-        g = dict(group)
-        if "layer" in g:
-            g["layer"] = group_layer_class(g["layer"])
-        groups.append(g)
-    return SGD(model, opt["lr"], momentum=opt["momentum"], nesterov=opt["nesterov"],
-               weight_decay=opt["weight_decay"], groups=groups)
-
-
-def group_layer_class(name: str) -> str:
-    """The layer class name a group's lower-case ``layer`` value stands for."""
-    return {cls.__name__.lower(): cls.__name__ for cls in L.PARAMETRIC_LAYERS}[name]
+def build_optimizer(config: dict, model: Sequential) -> Optimizer:
+    """The optimizer of ``config["optimizer"]`` (SGD, Adam or AdamW), with its param groups, over ``model``."""
+    return optimizer_from_config(config, model)
 
 
 def build_loss(config: dict) -> SoftmaxCrossEntropy:

@@ -17,7 +17,7 @@ from gpucnn.data import DATASETS
 from gpucnn.errors import ConfigError
 from gpucnn.init import INIT_NAMES
 from gpucnn.layers import ACTIVATION_LAYERS, PARAMETRIC_LAYERS
-from gpucnn.optim import OPTIMIZERS, PARAM_KINDS
+from gpucnn.optim import OPTIMIZER_NAMES, PARAM_KINDS
 from gpucnn.schedules import SCHEDULE_NAMES
 
 
@@ -267,7 +267,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         ),
     },
     "optimizer": {
-        "name": Field(choice(*OPTIMIZERS), "sgd"),
+        "name": Field(choice(*OPTIMIZER_NAMES), "sgd"),
         "lr": Field(number(0.0, above=True), 0.01),
         "momentum": Field(number(0.0, 1.0, below=True), 0.9),
         "nesterov": Field(boolean, False),

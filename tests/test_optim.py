@@ -1,4 +1,5 @@
-"""SGD: update rule, Nesterov, weight decay on weights only, groups, frozen layers, state round trip."""
+"""SGD: update rule, Nesterov, weight decay on weights only, groups, frozen layers, state round trip,
+argument checks; clip_grad_norm against torch."""
 
 import numpy as np
 import pytest
@@ -102,3 +103,63 @@ def test_invalid_settings():
         optim.SGD(net(), lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="momentum must be in"):
         optim.SGD(net(), lr=0.1, momentum=1.5)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"lr": float("nan")}, r"SGD: lr must be a finite number >= 0, got nan"),
+    ({"lr": float("inf")}, r"SGD: lr must be a finite number >= 0, got inf"),
+    ({"lr": -0.1}, r"SGD: lr must be a finite number >= 0, got -0.1"),
+    ({"lr": True}, r"SGD: lr must be a finite number >= 0, got True"),
+    ({"lr": 0.1, "momentum": float("nan")}, r"SGD: momentum must be in \[0, 1\), got nan"),
+    ({"lr": 0.1, "momentum": -0.5}, r"SGD: momentum must be in \[0, 1\), got -0.5"),
+    ({"lr": 0.1, "momentum": 1.0}, r"SGD: momentum must be in \[0, 1\), got 1.0"),
+    ({"lr": 0.1, "weight_decay": float("inf")}, r"SGD: weight_decay must be a finite number >= 0, got inf"),
+    ({"lr": 0.1, "groups": [{"weight_decay": -1.0}]}, r"SGD: groups\[0\].weight_decay must be a finite number >= 0"),
+])
+def test_non_finite_and_out_of_range_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        optim.SGD(net(), **kwargs)
+
+
+# --------------------------------------------------------------------------- clip_grad_norm
+def grads_of(model):
+    return {f"{i}.{n}": np.array(layer.grads[n]) for i, layer, n in model.parameters()}
+
+
+@pytest.mark.parametrize("max_norm", [0.3, 1.0, 100.0])
+def test_clip_grad_norm_matches_torch(max_norm):
+    torch = pytest.importorskip("torch", reason="torch is the reference for clip_grad_norm_")
+    model = net()
+    model.layers[1].frozen_params = {"beta"}
+    rng = np.random.default_rng(5)
+    for _, layer, name in model.parameters():
+        layer.grads[name] = rng.standard_normal(layer.params[name].shape) * 0.3
+    before = grads_of(model)
+    trainable = [k for k in before if k != "1.beta"]
+    tensors = [torch.zeros(before[k].shape, dtype=torch.float64, requires_grad=True) for k in trainable]
+    for t, k in zip(tensors, trainable):
+        t.grad = torch.tensor(before[k])
+    want = float(torch.nn.utils.clip_grad_norm_(tensors, max_norm))
+    total = optim.clip_grad_norm(model, max_norm)
+    assert total == pytest.approx(want, rel=1e-14)
+    assert total == pytest.approx(np.sqrt(sum(np.sum(before[k] ** 2) for k in trainable)), rel=1e-14)
+    after = grads_of(model)
+    for t, k in zip(tensors, trainable):
+        np.testing.assert_allclose(after[k], t.grad.numpy(), rtol=1e-14)
+    np.testing.assert_array_equal(after["1.beta"], before["1.beta"])  # frozen: not counted, not scaled
+    if max_norm < total:
+        clipped = np.sqrt(sum(np.sum(after[k] ** 2) for k in trainable))
+        assert clipped == pytest.approx(max_norm, rel=1e-5)
+    else:
+        assert all(np.array_equal(after[k], before[k]) for k in trainable)
+
+
+def test_clip_grad_norm_leaves_non_finite_grads_and_checks_max_norm():
+    model = net()
+    model.layers[0].grads["W"][0, 0] = np.inf
+    before = grads_of(model)
+    assert optim.clip_grad_norm(model, 1.0) == np.inf
+    for key, value in grads_of(model).items():
+        np.testing.assert_array_equal(value, before[key])
+    with pytest.raises(ValueError, match=r"clip_grad_norm: max_norm must be a finite number > 0, got 0"):
+        optim.clip_grad_norm(model, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gpucnn.checks import finite_number
 from gpucnn.layers.base import Layer, as_rng
 
 
@@ -17,9 +18,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, rng=None) -> None:
         super().__init__(None)
-        if not 0.0 <= float(p) < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p = float(p)
+        self.p = finite_number("Dropout", "p", p, 0.0, 1.0, high_open=True)
         self._rng = as_rng(rng)
         self.next_seed: int | None = None
         self._mask = None

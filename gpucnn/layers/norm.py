@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpucnn.checks import finite_number
 from gpucnn.layers.base import Layer
 
 
@@ -20,8 +21,9 @@ class BatchNorm2D(Layer):
         if num_features < 1:
             raise ValueError(f"BatchNorm2D: num_features must be >= 1, got {num_features}")
         self.num_features = int(num_features)
-        self.eps = float(eps)
-        self.momentum = float(momentum)
+        # the config schema's ranges: eps > 0 keeps 1/sqrt(var + eps) finite; momentum 0 would never update
+        self.eps = finite_number("BatchNorm2D", "eps", eps, 0.0, low_open=True)
+        self.momentum = finite_number("BatchNorm2D", "momentum", momentum, 0.0, 1.0, low_open=True)
         self.affine = bool(affine)
         self.param_kinds = {}
         if self.affine:
