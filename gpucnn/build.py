@@ -19,6 +19,7 @@ import numpy as np
 
 from gpucnn import layers as L
 from gpucnn.backend import get_backend
+from gpucnn.ema import EMA
 from gpucnn.errors import ConfigError
 from gpucnn.losses import SoftmaxCrossEntropy
 from gpucnn.model import Sequential
@@ -199,6 +200,7 @@ class Run:
     schedule: LRSchedule | None
     checkpoint: object | None = None
     val_loader: object | None = None  # None when the dataset has no validation set
+    ema: object | None = None  # gpucnn.ema.EMA when training.ema.decay > 0
 
 
 def build_dataset(config: dict, progress: bool = False, echo=None):
@@ -250,6 +252,25 @@ def build_augment(config: dict):
     return Augment(flip=aug["flip"], crop_padding=aug["crop_padding"], padding_mode=aug.get("padding_mode", "zeros"))
 
 
+def _ema(config: dict, model: Sequential) -> EMA | None:
+    settings = config["training"]["ema"]
+    return EMA(model, settings["decay"], settings["warmup"]) if settings["decay"] > 0 else None
+
+
+def restored_model(checkpoint, input_shape, num_classes: int, path=None) -> Sequential:
+    """A checkpoint's model ready to evaluate or predict: built from its config for per-sample
+    ``input_shape`` (C, H, W), its params loaded, and, for a run with training.ema, the averaged
+    weights in place of the live ones. ``evaluate``, ``predict`` and ``gpucnn.load`` all use it."""
+    from gpucnn.checkpoint import restore
+
+    model = build_model(checkpoint.config, input_shape, num_classes)
+    ema = _ema(checkpoint.config, model) if checkpoint.ema_state else None
+    restore(checkpoint, model, None, path, ema=ema)
+    if ema is not None:
+        ema.swap()
+    return model
+
+
 def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backend=None,
               eval_batch_size: int | None = None, checkpoint_path="checkpoint") -> Run:
     """Assemble a run of validated ``config`` on ``dataset`` (a gpucnn.data.Dataset).
@@ -270,10 +291,14 @@ def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backen
     else:
         mean, std = normalization(config, dataset.x_train)
         whiten = whitening_input(config, dataset.x_train, mean, std) if train else None
-    model = build_model(config, dataset.image_shape, dataset.num_classes, seed=seed, whitening_images=whiten)
+    if checkpoint is not None and not train:
+        model, ema = restored_model(checkpoint, dataset.image_shape, dataset.num_classes, checkpoint_path), None
+    else:
+        model = build_model(config, dataset.image_shape, dataset.num_classes, seed=seed, whitening_images=whiten)
+        ema = _ema(config, model)
     optimizer = build_optimizer(config, model)
-    if checkpoint is not None:
-        restore(checkpoint, model, optimizer if train else None, checkpoint_path)
+    if checkpoint is not None and train:
+        restore(checkpoint, model, optimizer, checkpoint_path, ema=ema)
     train_loader = schedule = None
     if train:
         train_loader = BatchLoader(dataset.x_train, dataset.y_train, data["batch_size"], backend, mean, std,
@@ -285,4 +310,4 @@ def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backen
     if getattr(dataset, "x_val", None) is not None and len(dataset.y_val):
         val_loader = BatchLoader(dataset.x_val, dataset.y_val, eval_batch, backend, mean, std, shuffle=False)
     return Run(config, dataset, model, optimizer, build_loss(config), mean, std, train_loader, test_loader,
-               schedule, checkpoint, val_loader)
+               schedule, checkpoint, val_loader, ema)

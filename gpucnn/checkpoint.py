@@ -18,6 +18,7 @@ Keys:
   ``data/input_shape``               (3,) int64 per-sample input (C, H, W) (optional, likewise)
   ``config/toml``                    the resolved config as TOML text
   ``metrics/jsonl``                  the metrics.jsonl rows of the completed epochs (optional)
+  ``ema/layers.{i}.{name}``, ``ema/num_updates``   averaged weights when training.ema is on (optional)
   ``format/version``                 CHECKPOINT_VERSION
 Files are written to a temp file in the same directory and renamed into place.
 """
@@ -65,10 +66,11 @@ class Checkpoint:
     classes: list[str] | None = None  # None: written without them (older gpucnn)
     input_shape: tuple[int, int, int] | None = None
     history: list[dict] = field(default_factory=list)  # the metrics.jsonl records of the epochs done
+    ema_state: dict[str, np.ndarray] = field(default_factory=dict)  # averaged weights (training.ema)
 
 
 def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, mean, std,
-                    classes=None, input_shape=None, history=None) -> None:
+                    classes=None, input_shape=None, history=None, ema=None) -> None:
     """Write a checkpoint atomically (temp file + ``os.replace``).
 
     ``classes`` (K names by label) and ``input_shape`` (C, H, W) are what prediction needs
@@ -93,6 +95,8 @@ def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, me
     })
     if history:
         arrays["metrics/jsonl"] = np.array(jsonl_text(history))
+    if ema is not None:
+        arrays.update({f"ema/{k}": v for k, v in ema.state().items()})
     if classes is not None:
         names = [str(c) for c in classes]
         if not names:
@@ -182,7 +186,7 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path}: data/std must be positive and as long as data/mean "
                               f"({std.shape} vs {mean.shape})")
     for key, value in arrays.items():
-        if key.startswith(("model/", "optim/")) and value.dtype.kind != "f":
+        if key.startswith(("model/", "optim/", "ema/layers.")) and value.dtype.kind != "f":
             raise CheckpointError(f"checkpoint {path}: {key} must be a float array, got {value.dtype.name}")
     progress = Progress(
         epoch=_scalar(arrays, "progress/epoch", path, "i", 0),
@@ -205,15 +209,19 @@ def load_checkpoint(path) -> Checkpoint:
         classes=[str(c) for c in arrays["data/classes"]] if "data/classes" in arrays else None,
         input_shape=tuple(int(s) for s in arrays["data/input_shape"]) if "data/input_shape" in arrays else None,
         history=history,
+        ema_state={k[len("ema/"):]: v for k, v in arrays.items() if k.startswith("ema/")},
     )
 
 
-def restore(checkpoint: Checkpoint, model, optimizer=None, path=None) -> None:
-    """Load a checkpoint's params/state into ``model`` (and velocities into ``optimizer``)."""
+def restore(checkpoint: Checkpoint, model, optimizer=None, path=None, ema=None) -> None:
+    """Load a checkpoint's params/state into ``model`` (and optimizer state, and the EMA's
+    averaged weights when both the run and the checkpoint have them)."""
     try:
         model.load_state_dict(checkpoint.model_state)
         if optimizer is not None:
             optimizer.load_state_dict(checkpoint.optim_state)
+        if ema is not None and checkpoint.ema_state:
+            ema.load_state(checkpoint.ema_state)
     except (ValueError, KeyError) as exc:
         where = f"checkpoint {path}" if path is not None else "the checkpoint"
         raise CheckpointError(f"{where} does not fit the model of its own config: {exc}") from None

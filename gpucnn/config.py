@@ -183,9 +183,9 @@ def _check_cross_fields(config: dict) -> None:
         raise ConfigError(
             f"schedule.min_lr: got {sched['min_lr']!r}, but it must not exceed optimizer.lr ({opt['lr']!r})"
         )
-    if sched["warmup_epochs"] > train["epochs"]:
+    if sched["warmup_epochs"] and sched.get("warmup_fraction") is not None:
         raise ConfigError(
-            f"schedule.warmup_epochs: got {sched['warmup_epochs']!r}, more than training.epochs ({train['epochs']})"
+            f"schedule.warmup_fraction: give it or schedule.warmup_epochs ({sched['warmup_epochs']!r}), not both"
         )
     if opt["nesterov"] and opt["momentum"] == 0.0:
         raise ConfigError("optimizer.nesterov: true needs optimizer.momentum > 0, got momentum = 0.0")

@@ -123,6 +123,15 @@ def table(fields: dict[str, Field]) -> Callable[[str, Any], dict]:
     return check
 
 
+def pair_of(item_check: Callable[[str, Any], Any]) -> Callable[[str, Any], list]:
+    def check(key, value):
+        if not isinstance(value, list) or len(value) != 2:
+            raise _fail(key, value, "a pair [a, b]")
+        return [item_check(f"{key}[{i}]", v) for i, v in enumerate(value)]
+
+    return check
+
+
 def list_of(item_check: Callable[[str, Any], Any]) -> Callable[[str, Any], list]:
     def check(key, value):
         if not isinstance(value, list):
@@ -273,11 +282,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "nesterov": Field(boolean, False),
         "weight_decay": Field(number(0.0), 0.0),
         "groups": Field(list_of(table(GROUP_FIELDS)), []),
+        "betas": Field(pair_of(number(0.0, 1.0, below=True)), [0.9, 0.999]),  # adam, adamw
+        "eps": Field(number(0.0, above=True), 1e-8),  # adam, adamw
+        "amsgrad": Field(boolean, False),  # adam, adamw
     },
     "loss": {"label_smoothing": Field(number(0.0, 1.0, below=True), 0.0)},
     "schedule": {
         "name": Field(choice(*SCHEDULE_NAMES), "constant"),
-        "warmup_epochs": Field(number(0.0), 0.0),
+        "warmup_epochs": Field(number(0.0), 0.0),  # longer than the run: the whole run warms up
+        "warmup_fraction": Field(number(0.0, 1.0)),  # optional: warm-up as a share of the run's steps
         "warmup_start_factor": Field(number(0.0, 1.0)),  # optional: lr rises linearly from this x base
         "step_size": Field(integer(1), 10),
         "gamma": Field(number(0.0, 1.0, above=True), 0.1),
@@ -295,6 +308,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
             {"metric": "val_acc", "patience": 0},
         ),
         "log_every": Field(integer(1), 50),
+        "clip_grad_norm": Field(number(0.0), 0.0),  # > 0: scale gradients to this global L2 norm at most
+        # exponential moving average of the weights, evaluated and saved beside them; decay 0 = off
+        "ema": Field(table({"decay": Field(number(0.0, 1.0, below=True), 0.0),
+                            "warmup": Field(number(0.0), 0.0)}), {"decay": 0.0, "warmup": 0.0}),
     },
 }
 

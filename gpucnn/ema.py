@@ -46,9 +46,9 @@ class EMA:
     def _live(self) -> dict[str, Any]:
         """The model's current arrays by key (params, then layer state)."""
         out = {}
-        for i, layer in enumerate(self.model.layers):
+        for path, layer in self.model.named_layers():  # nested layers too (residual blocks)
             for name, value in {**layer.params, **layer.state()}.items():
-                out[f"layers.{i}.{name}"] = value
+                out[f"layers.{path}.{name}"] = value
         return out
 
     def decay_at(self, t: int) -> float:
@@ -70,9 +70,9 @@ class EMA:
 
     def swap(self) -> None:
         """Exchange the model's arrays with the averaged ones; a second call restores them."""
-        for i, layer in enumerate(self.model.layers):
+        for path, layer in self.model.named_layers():
             for name, param in layer.params.items():
-                shadow = self.shadow[f"layers.{i}.{name}"]
+                shadow = self.shadow[f"layers.{path}.{name}"]
                 live = param.copy()
                 # in place: the optimizer and anything else holding the param array keep seeing it
                 param[...] = shadow
@@ -80,7 +80,7 @@ class EMA:
             state = layer.state()
             if state:
                 to_host = layer.backend.to_host
-                keys = {name: f"layers.{i}.{name}" for name in state}
+                keys = {name: f"layers.{path}.{name}" for name in state}
                 averaged = {name: np.array(to_host(self.shadow[key])) for name, key in keys.items()}
                 for name, key in keys.items():
                     self.shadow[key] = state[name].copy()

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from gpucnn import backend as backend_module
-from gpucnn.checkpoint import CheckpointError, load_checkpoint, restore
+from gpucnn.checkpoint import CheckpointError, load_checkpoint
 from gpucnn.errors import ConfigError
 
 # Class names and (C, H, W) of the datasets gpucnn knows, for checkpoints that did not store them.
@@ -137,19 +137,18 @@ def load(path, device: str | None = None) -> TrainedModel:
     The current backend is left as it was. CheckpointError for a file that is not a
     checkpoint or does not fit its config.
     """
-    from gpucnn.build import build_model
+    from gpucnn.build import restored_model
 
     path = Path(path)
     ckpt = load_checkpoint(path)
     classes, shape = _classes_and_shape(ckpt, path)
     if device is None:
         backend = backend_module.get_backend()
-        model = build_model(ckpt.config, shape, len(classes))
+        model = restored_model(ckpt, shape, len(classes), path)
     else:
         # Layers keep the backend they were built under, so building inside the block is enough.
         with backend_module.use_backend(device) as backend:
-            model = build_model(ckpt.config, shape, len(classes))
-    restore(ckpt, model, None, path)
+            model = restored_model(ckpt, shape, len(classes), path)
     mean, std = np.asarray(ckpt.mean, np.float64), np.asarray(ckpt.std, np.float64)
     if mean.shape != (shape[0],) or std.shape != (shape[0],):
         raise CheckpointError(f"checkpoint {path}: data/mean and data/std have shapes {mean.shape}, {std.shape}; "

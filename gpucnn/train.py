@@ -20,6 +20,7 @@ read stops the run with ``TrainingError`` and leaves the last good checkpoint in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -38,6 +39,7 @@ from gpucnn.config import write_config
 from gpucnn.errors import ConfigError, TrainingError
 from gpucnn.evaluate import evaluate_model
 from gpucnn.metrics import MetricsLog, RunningMetrics
+from gpucnn.optim import clip_grad_norm
 from gpucnn.rundir import checkpoint_epoch, prepare_out_dir
 
 
@@ -130,6 +132,7 @@ class Trainer:
         self.batch_size = self.config["data"]["batch_size"]
         self.progress = run.checkpoint.progress if run.checkpoint is not None else Progress()
         self.monitor = "val_acc" if run.val_loader is not None else "train_acc"
+        self.clip_norm = self.config["training"]["clip_grad_norm"]
         stopping = self.config["training"]["early_stopping"]
         if stopping["patience"] and stopping["metric"].startswith("val_") and run.val_loader is None:
             raise ConfigError("training.early_stopping.metric: val_* needs a validation set, but data.val_fraction "
@@ -242,12 +245,9 @@ class Trainer:
                   "steps": progress.global_step}
         evaluate = (epoch + 1) % self.config["training"]["eval_every"] == 0 or epoch + 1 == self.epochs
         if evaluate:
-            for split, loader in (("val", self.run.val_loader), ("test", self.test_loader)):
-                if loader is not None:
-                    result = self._guard_oom(lambda: evaluate_model(self.model, self.loss_fn, loader,
-                                                                    self.dataset.num_classes),
-                                             self.config["data"]["eval_batch_size"], "--set data.eval_batch_size=")
-                    record[f"{split}_loss"], record[f"{split}_acc"] = result.loss, result.accuracy
+            averaged = self.run.ema.averaged() if self.run.ema is not None else contextlib.nullcontext()
+            with averaged:  # with training.ema, the averaged weights are the ones evaluated
+                self._evaluate_splits(record)
         progress.epoch = epoch + 1
         progress.step_in_epoch = 0
         progress.partial_sums = np.zeros(3)
@@ -279,6 +279,15 @@ class Trainer:
         best_epoch = max(values, key=lambda item: (sign * item[1], -item[0]))[0]
         return values[-1][0] - best_epoch >= rule["patience"]
 
+    def _evaluate_splits(self, record: dict) -> None:
+        """Fill ``record``'s val_* (when there is a validation set) and test_* loss and accuracy."""
+        for split, loader in (("val", self.run.val_loader), ("test", self.test_loader)):
+            if loader is not None:
+                result = self._guard_oom(lambda: evaluate_model(self.model, self.loss_fn, loader,
+                                                                self.dataset.num_classes),
+                                         self.config["data"]["eval_batch_size"], "--set data.eval_batch_size=")
+                record[f"{split}_loss"], record[f"{split}_acc"] = result.loss, result.accuracy
+
     def _train_step(self, epoch: int, step: int, x, y, lr: float, running: RunningMetrics) -> None:
         def work():
             self.optimizer.lr = lr
@@ -286,7 +295,11 @@ class Trainer:
             logits = self.model.forward(x, training=True)
             loss = self.loss_fn.forward(logits, y)
             self.model.backward(self.loss_fn.backward(), input_grad=False)  # nothing uses d(loss)/d(images)
+            if self.clip_norm:
+                clip_grad_norm(self.model, self.clip_norm)
             self.optimizer.step()
+            if self.run.ema is not None:
+                self.run.ema.update()
             running.update(loss, logits, y)
 
         self._guard_oom(work, self.batch_size, "--batch-size ")
@@ -321,7 +334,7 @@ class Trainer:
         try:
             save_checkpoint(path, self.model, self.optimizer, self.config, self.progress, self.mean, self.std,
                             classes=self.dataset.classes, input_shape=self.dataset.image_shape,
-                            history=self.metrics_log.records)
+                            history=self.metrics_log.records, ema=self.run.ema)
         except OSError as exc:
             kept = "the previous checkpoint there is intact" if path.exists() else "no checkpoint was written"
             raise TrainingError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
