@@ -295,3 +295,28 @@ def test_maxpool_backward_geometry_is_checked(kb):
         kb.ops.maxpool2d_backward(kb.asarray(dy), kb.asarray(argmax), (1, 1, 6, 6), (2, 2))
     with pytest.raises(ValueError, match=r"dy has shape \(1, 1, 3, 3\), expected \(1, 1, 2, 2\)"):
         kb.ops.maxpool2d_backward(kb.asarray(dy), kb.asarray(argmax), (1, 1, 4, 4), (2, 2), (2, 2), (0, 0))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_fused_reference_backward_matches_finite_differences(activation):
+    """The NumPy reference of the fused op (what the kernels are held to), float64."""
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal((2, 2, 3, 3)) * 2.0 + 0.5
+    gamma, beta = rng.standard_normal(2), rng.standard_normal(2)
+    weight = rng.standard_normal(x.shape)
+
+    def loss(x_, g_, b_):
+        return float((ref.batchnorm2d_forward(x_, g_, b_, 1e-5, activation=activation)[0] * weight).sum())
+
+    _, mean, invstd, _ = ref.batchnorm2d_forward(x, gamma, beta, 1e-5, activation=activation)
+    dx, dgamma, dbeta = ref.batchnorm2d_backward(weight, x, gamma, mean, invstd, beta, activation)
+    h = 1e-6
+    for value, grad, at in ((x, dx, 0), (gamma, dgamma, 1), (beta, dbeta, 2)):
+        numeric = np.zeros_like(value)
+        for i in np.ndindex(value.shape):
+            args = [x.copy(), gamma.copy(), beta.copy()]
+            args[at][i] += h
+            up = loss(*args)
+            args[at][i] -= 2 * h
+            numeric[i] = (up - loss(*args)) / (2 * h)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
