@@ -15,12 +15,20 @@
 // [0, OH); at most ceil(KH / SH) * ceil(KW / SW) of them.
 //
 // maxpool2d_backward is a SCATTER with atomicAdd: one thread per OUTPUT element adds its dy
-// to dx at its argmax (dx must be zero-filled first). The op contract
-// maxpool2d_backward(dy, argmax, x_shape) carries no window geometry, so the covering
-// windows of an input element are unknown and a gather is not possible; the argmax alone
-// says where each delta goes. Atomics make overlapping windows that share a maximum add up
-// correctly; when two or more deltas meet in one element their float summation order may
-// vary between runs (last-bit differences only; non-overlapping pools are exact).
+// to dx at its argmax (dx must be zero-filled first). Atomics make overlapping windows that
+// share a maximum add up correctly; when two or more deltas meet in one element their float
+// summation order may vary between runs (last-bit differences). Non-overlapping pools
+// (stride >= kernel in both dimensions) are exact: every dx receives at most one delta.
+//
+// Deterministic alternatives (bit-identical to each other and from run to run; each dx is
+// ((0 + d1) + d2) + ... over the windows that chose it, in row-major window order):
+// maxpool2d_backward_gather: one thread per INPUT element scans the windows covering it
+//   (same ranges as avgpool2d_backward) and adds the dy of those whose argmax is it. Needs
+//   the window geometry; reads <= ceil(KH/SH) * ceil(KW/SW) (argmax, dy) pairs, writes dx once,
+//   no zero fill, no atomics.
+// maxpool2d_backward_ordered: for callers that know only the argmax (no geometry): one
+//   thread per PLANE walks its outputs in row-major order and adds each dy at its argmax
+//   (dx zero-filled first). Serial per plane, so slower; same sums as the gather.
 #include "common.cuh"
 
 static __device__ __forceinline__ int first_window(int pos, int pad, int kernel, int stride)
@@ -68,6 +76,45 @@ extern "C" __global__ void maxpool2d_backward(float* __restrict__ dx, const floa
         const int plane = i / OHW;
         const int at = argmax[i];
         if (at >= 0 && at < HW) atomicAdd(&dx[(size_t)plane * HW + at], dy[i]);
+    }
+}
+
+extern "C" __global__ void maxpool2d_backward_gather(float* __restrict__ dx, const float* __restrict__ dy,
+                                                     const int* __restrict__ argmax,
+                                                     int N, int C, int H, int W, int KH, int KW, int SH, int SW,
+                                                     int PH, int PW, int OH, int OW)
+{
+    const int total = N * C * H * W;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int w = i % W;
+        const int h = (i / W) % H;
+        const int plane = i / (H * W);
+        const int self = h * W + w;
+        const float* dyp = dy + (size_t)plane * OH * OW;
+        const int* ap = argmax + (size_t)plane * OH * OW;
+        const int oh_end = min(OH, (h + PH) / SH + 1);
+        const int ow_end = min(OW, (w + PW) / SW + 1);
+        float acc = 0.0f;
+        for (int oh = first_window(h, PH, KH, SH); oh < oh_end; ++oh) {
+            for (int ow = first_window(w, PW, KW, SW); ow < ow_end; ++ow) {
+                if (ap[oh * OW + ow] == self) acc += dyp[oh * OW + ow];
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
+extern "C" __global__ void maxpool2d_backward_ordered(float* __restrict__ dx, const float* __restrict__ dy,
+                                                      const int* __restrict__ argmax, int planes, int HW, int OHW)
+{
+    for (int plane = blockIdx.x * blockDim.x + threadIdx.x; plane < planes; plane += gridDim.x * blockDim.x) {
+        float* dxp = dx + (size_t)plane * HW;
+        const float* dyp = dy + (size_t)plane * OHW;
+        const int* ap = argmax + (size_t)plane * OHW;
+        for (int k = 0; k < OHW; ++k) {
+            const int at = ap[k];
+            if (at >= 0 && at < HW) dxp[at] += dyp[k];
+        }
     }
 }
 

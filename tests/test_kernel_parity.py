@@ -389,3 +389,44 @@ def test_lenet5_training_step_matches_numpy(kb, variant):
         want_p = params[k].copy()
         ref.sgd_update(want_p, want[k], np.zeros_like(want_p), 0.1, 0.9, True, 1e-4)
         close(kb, dev_params[k], want_p, rtol=1e-4, atol=1e-5)
+
+
+# ---- BatchNorm's op extensions and the deterministic max-pool backward -----------------
+
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_batchnorm_fused_activation_and_running_stats(kb, activation):
+    """Running statistics updated in place by the op, activation fused, chunks forced > 1."""
+    rng = np.random.default_rng(17)
+    x = randn(rng, 3, 4, 5, 5, scale=2.0) + 1.0
+    gamma, beta, dy = randn(rng, 4), randn(rng, 4), randn(rng, 3, 4, 5, 5)
+    kb.ops.bn_chunk = 16  # 75 values per channel: 5 chunks
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    want = ref.batchnorm2d_forward(x, gamma, beta, 1e-5, running_mean=rm, running_var=rv, momentum=0.1,
+                                   activation=activation)
+    dev_rm, dev_rv = kb.asarray(np.zeros(4, np.float32)), kb.asarray(np.ones(4, np.float32))
+    got = kb.ops.batchnorm2d_forward(kb.asarray(x), kb.asarray(gamma), kb.asarray(beta), 1e-5,
+                                     running_mean=dev_rm, running_var=dev_rv, momentum=0.1, activation=activation)
+    for g, w in zip(got, want):
+        close(kb, g, w, rtol=1e-4, atol=1e-5)
+    close(kb, dev_rm, rm, rtol=1e-5, atol=1e-6)
+    close(kb, dev_rv, rv, rtol=1e-5, atol=1e-6)
+    _, mean, invstd, _ = want
+    got = kb.ops.batchnorm2d_backward(kb.asarray(dy), kb.asarray(x), kb.asarray(gamma), kb.asarray(mean),
+                                      kb.asarray(invstd), kb.asarray(beta), activation)
+    for g, w in zip(got, ref.batchnorm2d_backward(dy, x, gamma, mean, invstd, beta, activation)):
+        close(kb, g, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: f"{c[0]}-k{c[1]}-s{c[2]}-p{c[3]}")
+def test_maxpool_backward_deterministic(kb, case):
+    """ops.deterministic: gather over covering windows (geometry given) or ordered scatter."""
+    shape, kernel, stride, padding = case
+    rng = np.random.default_rng(18)
+    x = randn(rng, *shape)
+    y, argmax = ref.maxpool2d_forward(x, kernel, stride, padding)
+    dy = randn(rng, *y.shape)
+    want = ref.maxpool2d_backward(dy, argmax, shape, kernel, stride, padding)
+    kb.ops.deterministic = True
+    for geometry in ((kernel, stride, padding), ()):
+        got = kb.ops.maxpool2d_backward(kb.asarray(dy), kb.asarray(argmax), shape, *geometry)
+        close(kb, got, want, rtol=1e-6, atol=1e-6)

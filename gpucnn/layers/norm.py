@@ -57,12 +57,12 @@ class BatchNorm2D(Layer):
             return self.ops.batchnorm2d_inference(x, gamma, beta, self.running_mean, self.running_var, self.eps)
         if x.shape[0] * x.shape[2] * x.shape[3] < 2:
             raise ValueError(f"{self.name}: training needs more than 1 value per channel, got input shape {tuple(x.shape)}")
-        y, mean, invstd, var_unbiased = self.ops.batchnorm2d_forward(x, gamma, beta, self.eps)
-        m = self.momentum
-        self.running_mean = (1 - m) * self.running_mean + m * mean
-        self.running_var = (1 - m) * self.running_var + m * var_unbiased
-        self.running_mean = self.running_mean.astype(self.dtype, copy=False)
-        self.running_var = self.running_var.astype(self.dtype, copy=False)
+        # The op updates the running statistics in place (on the kernel backends inside the
+        # launch that combines the batch statistics): no new arrays per step.
+        y, mean, invstd, _ = self.ops.batchnorm2d_forward(
+            x, gamma, beta, self.eps, running_mean=self.running_mean, running_var=self.running_var,
+            momentum=self.momentum,
+        )
         self._cache = (x, mean, invstd)
         return y
 

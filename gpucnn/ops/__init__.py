@@ -20,7 +20,12 @@ Pooling, x: (N, C, H, W) -> y: (N, C, OH, OW):
   maxpool2d_forward(x, kernel, stride, padding) -> (y, argmax)
       argmax: int32 (N, C, OH, OW), the flat index ``h*W + w`` of the window's maximum
       inside its input plane. Padding is -inf. Ties: first maximum in row-major window order.
-  maxpool2d_backward(dy, argmax, x_shape) -> dx            scatter-add dy to argmax
+  maxpool2d_backward(dy, argmax, x_shape, kernel=None, stride=None, padding=None) -> dx
+      scatter-add dy to argmax. The optional window geometry lets the kernel backends run
+      a deterministic gather when ``ops.deterministic`` is set (KernelOps attribute;
+      without geometry they run an ordered per-plane scatter): each dx is then the float32
+      sum over its windows in row-major order, bit-identical from run to run. Pools whose
+      windows do not overlap (stride >= kernel) are exact on every path.
   avgpool2d_forward(x, kernel, stride, padding) -> y       padding counts as zeros,
       divisor is always KH*KW
   avgpool2d_backward(dy, x_shape, kernel, stride, padding) -> dx
@@ -57,9 +62,17 @@ Optimizer:
       param -= lr * step.  ``velocity`` is None when momentum == 0.
 
 Batch normalization (per channel over N, H, W), x: (N, C, H, W), gamma/beta: (C,):
-  batchnorm2d_forward(x, gamma, beta, eps) -> (y, mean (C,), invstd (C,), var_unbiased (C,))
-  batchnorm2d_inference(x, gamma, beta, running_mean, running_var, eps) -> y
-  batchnorm2d_backward(dy, x, gamma, mean, invstd) -> (dx, dgamma, dbeta)
+  batchnorm2d_forward(x, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.1,
+                      activation=None) -> (y, mean (C,), invstd (C,), var_unbiased (C,))
+      running_mean/running_var (C,), when given, are updated in place (both or neither):
+      running = (1 - momentum) * running + momentum * batch, unbiased batch variance.
+  batchnorm2d_inference(x, gamma, beta, running_mean, running_var, eps, activation=None) -> y
+  batchnorm2d_backward(dy, x, gamma, mean, invstd, beta=None, activation=None) -> (dx, dgamma, dbeta)
+  ``activation``: None or a name in np_norm.BN_FUSED_ACTIVATIONS ("relu", "gelu"), applied to
+  the normalized output (y = act(xhat * gamma + beta)); backward then takes dy of act's output
+  and needs ``beta`` to recompute act's input. On the kernel backends the statistics and
+  dgamma/dbeta are deterministic two-stage reductions over many blocks per channel
+  (``bn_chunk``/``bn_target_blocks``/``bn_min_chunk`` on KernelOps choose the chunks).
 """
 
 from dataclasses import dataclass

@@ -28,6 +28,7 @@ import math
 import numpy as np
 
 from gpucnn.ops import ACTIVATIONS
+from gpucnn.ops.np_norm import bn_activation_code
 
 THREADS = 256
 MAX_GRID = 65535
@@ -63,6 +64,15 @@ class KernelOps:
         self.min_chunks_per_split = 8
         # Blocks a channel sum aims for: enough to fill the device when channels are few.
         self.channel_sum_blocks = 4 * self.multiprocessor_count
+        # BatchNorm reductions: blocks to aim for over all channels (several waves on the
+        # device), the fewest values one block reduces (amortizes its tree and the combine),
+        # and a fixed chunk size that overrides both (tests force many chunks at tiny shapes).
+        self.bn_target_blocks = 8 * self.multiprocessor_count
+        self.bn_min_chunk = 2048
+        self.bn_chunk = None
+        # Bit-identical results from run to run (training.deterministic): max-pool backward
+        # over overlapping windows becomes a gather instead of an atomicAdd scatter.
+        self.deterministic = False
 
     # ---- variants ---------------------------------------------------------------------
     @property
@@ -281,17 +291,39 @@ class KernelOps:
         self._launch_flat("maxpool2d_forward", y.size, y, argmax, x, *_i32(*g))
         return y, argmax
 
-    def maxpool2d_backward(self, dy, argmax, x_shape):
-        """dx (N, C, H, W): every dy added at its window's argmax (overlaps add up)."""
+    def maxpool2d_backward(self, dy, argmax, x_shape, kernel=None, stride=None, padding=None):
+        """dx (N, C, H, W): every dy added at its window's argmax (overlaps add up).
+
+        With the window geometry (kernel, stride, padding: (h, w) pairs) and overlapping
+        windows, ``deterministic`` selects the gather kernel; without the geometry it selects
+        the per-plane ordered scatter (same sums, slower). Otherwise the atomicAdd scatter
+        runs, which is already exact when windows do not overlap (stride >= kernel).
+        """
         (dy,) = self._float32("maxpool2d_backward", dy)
         if argmax.dtype != np.int32 or argmax.shape != dy.shape:
             raise ValueError(f"maxpool2d_backward: argmax must be int32 of shape {dy.shape}, got "
                              f"{argmax.dtype} {argmax.shape}")
         argmax = argmax if argmax.flags.c_contiguous else self.xp.ascontiguousarray(argmax)
         n, c, h, w = (int(v) for v in x_shape)
+        geometry = None
+        if kernel is not None:
+            if stride is None or padding is None:
+                raise ValueError("maxpool2d_backward: kernel, stride and padding go together; got only some")
+            geometry = self._pool_geometry("maxpool2d_backward", x_shape, kernel, stride, padding)
+            if tuple(dy.shape) != (n, c, geometry[10], geometry[11]):
+                raise ValueError(f"maxpool2d_backward: dy has shape {dy.shape}, expected "
+                                 f"{(n, c, geometry[10], geometry[11])}")
+        overlapping = geometry is None or geometry[6] < geometry[4] or geometry[7] < geometry[5]
+        planes, ohw = n * c, dy.shape[2] * dy.shape[3]
+        if self.deterministic and overlapping and geometry is not None:
+            dx = self._empty((n, c, h, w))
+            self._launch_flat("maxpool2d_backward_gather", dx.size, dx, dy, argmax, *_i32(*geometry))
+            return dx
         dx = self.xp.zeros((n, c, h, w), dtype=np.float32)
-        self._launch_flat("maxpool2d_backward", dy.size, dx, dy, argmax,
-                          *_i32(n * c, h * w, dy.shape[2] * dy.shape[3]))
+        if self.deterministic and overlapping:
+            self._launch_flat("maxpool2d_backward_ordered", planes, dx, dy, argmax, *_i32(planes, h * w, ohw))
+        else:
+            self._launch_flat("maxpool2d_backward", dy.size, dx, dy, argmax, *_i32(planes, h * w, ohw))
         return dx
 
     def avgpool2d_forward(self, x, kernel, stride, padding):
@@ -418,35 +450,96 @@ class KernelOps:
                           np.float32(weight_decay), np.int32(bool(nesterov)), np.int32(has_velocity))
 
     # ---- batch normalization ----------------------------------------------------------
-    def batchnorm2d_forward(self, x, gamma, beta, eps):
-        """(y, mean (C,), invstd (C,), var_unbiased (C,)) from the batch statistics."""
+    def _bn_chunks(self, m: int, channels: int) -> tuple[int, int]:
+        """(chunk, chunks): values per block and blocks per channel of a BatchNorm reduction."""
+        if self.bn_chunk is not None:
+            chunk = int(self.bn_chunk)
+        else:
+            wanted = max(1, math.ceil(self.bn_target_blocks / channels))
+            chunk = max(int(self.bn_min_chunk), math.ceil(m / wanted))
+        chunk = max(1, min(chunk, m))
+        chunks = math.ceil(m / chunk)
+        if chunks > MAX_GRID:
+            chunk = math.ceil(m / MAX_GRID)
+            chunks = math.ceil(m / chunk)
+        return chunk, chunks
+
+    def _running(self, op: str, name: str, a, channels: int):
+        if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != (channels,):
+            raise TypeError(f"{op}: {name} must be a C-contiguous float32 array of shape ({channels},) "
+                            f"(updated in place), got {a.dtype} {tuple(a.shape)}")
+        return a
+
+    def batchnorm2d_forward(self, x, gamma, beta, eps, running_mean=None, running_var=None, momentum=0.1,
+                            activation=None):
+        """(y, mean (C,), invstd (C,), var_unbiased (C,)) from the batch statistics.
+
+        Three launches: per-chunk moments (grid C x chunks), their fixed-order combine (which
+        also updates running_mean/running_var in place when given), and the normalize(+act).
+        """
         x, gamma, beta = self._float32("batchnorm2d_forward", x, gamma, beta)
+        act = bn_activation_code("batchnorm2d_forward", activation)
         n, c, h, w = x.shape
-        y = self._empty(x.shape)
+        m = n * h * w
+        update = running_mean is not None or running_var is not None
+        if update:
+            if running_mean is None or running_var is None:
+                raise ValueError("batchnorm2d_forward: running_mean and running_var go together; got only one")
+            running_mean = self._running("batchnorm2d_forward", "running_mean", running_mean, c)
+            running_var = self._running("batchnorm2d_forward", "running_var", running_var, c)
+        chunk, chunks = self._bn_chunks(m, c)
+        threads = (self.reduction_threads,)
+        partial = self._empty((c, chunks, 2))
+        self.launcher.launch("batchnorm2d_partial_stats", (c, chunks), threads, (partial, x, *_i32(n, c, h * w, chunk)))
         mean, invstd, var = self._empty((c,)), self._empty((c,)), self._empty((c,))
-        self.launcher.launch("batchnorm2d_forward", (c,), (self.reduction_threads,),
-                             (y, mean, invstd, var, x, gamma, beta, *_i32(n, c, h * w), np.float32(eps)))
+        rm, rv = (running_mean, running_var) if update else (mean, var)
+        self.launcher.launch("batchnorm2d_finalize_stats", (c,), threads,
+                             (mean, invstd, var, rm, rv, partial, *_i32(chunks, m, chunk), np.float32(eps),
+                              np.float32(momentum if update else 0.0), np.int32(update)))
+        y = self._empty(x.shape)
+        self._launch_flat("batchnorm2d_normalize", y.size, y, x, gamma, beta, mean, invstd,
+                          *_i32(n, c, h * w, act))
         return y, mean, invstd, var
 
-    def batchnorm2d_inference(self, x, gamma, beta, running_mean, running_var, eps):
-        """y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta."""
+    def batchnorm2d_inference(self, x, gamma, beta, running_mean, running_var, eps, activation=None):
+        """y = act((x - running_mean) / sqrt(running_var + eps) * gamma + beta)."""
         x, gamma, beta, rm, rv = self._float32("batchnorm2d_inference", x, gamma, beta, running_mean, running_var)
+        act = bn_activation_code("batchnorm2d_inference", activation)
         n, c, h, w = x.shape
         y = self._empty(x.shape)
         self._launch_flat("batchnorm2d_inference", y.size, y, x, gamma, beta, rm, rv,
-                          *_i32(n, c, h * w), np.float32(eps))
+                          *_i32(n, c, h * w), np.float32(eps), np.int32(act))
         return y
 
-    def batchnorm2d_backward(self, dy, x, gamma, mean, invstd):
-        """(dx, dgamma, dbeta) for training-mode batch normalization."""
-        dy, x, gamma, mean, invstd = self._float32("batchnorm2d_backward", dy, x, gamma, mean, invstd)
-        n, c, h, w = x.shape
-        dx = self._empty(x.shape)
-        dgamma, dbeta = self._empty((c,)), self._empty((c,))
-        self.launcher.launch("batchnorm2d_backward", (c,), (self.reduction_threads,),
-                             (dx, dgamma, dbeta, dy, x, gamma, mean, invstd, *_i32(n, c, h * w)))
-        return dx, dgamma, dbeta
+    def batchnorm2d_backward(self, dy, x, gamma, mean, invstd, beta=None, activation=None):
+        """(dx, dgamma, dbeta) for training-mode batch normalization (+ its fused activation).
 
+        Per-chunk sums of dz and dz * xhat (grid C x chunks), channel_sum over the chunks
+        in fixed order (skipped for one chunk), then the elementwise dx.
+        """
+        dy, x, gamma, mean, invstd = self._float32("batchnorm2d_backward", dy, x, gamma, mean, invstd)
+        act = bn_activation_code("batchnorm2d_backward", activation)
+        if act and beta is None:
+            raise ValueError(f"batchnorm2d_backward: activation {activation!r} needs beta (to recompute its input)")
+        (beta,) = self._float32("batchnorm2d_backward", beta) if beta is not None else (gamma,)
+        n, c, h, w = x.shape
+        if tuple(dy.shape) != tuple(x.shape):
+            raise ValueError(f"batchnorm2d_backward: dy shape {tuple(dy.shape)} differs from x shape {tuple(x.shape)}")
+        m = n * h * w
+        chunk, chunks = self._bn_chunks(m, c)
+        threads = (self.reduction_threads,)
+        partial = self._empty((2 * c, chunks))
+        self.launcher.launch("batchnorm2d_backward_partial", (c, chunks), threads,
+                             (partial, dy, x, gamma, beta, mean, invstd, *_i32(n, c, h * w, chunk, act)))
+        if chunks == 1:
+            sums = partial.reshape(2 * c)
+        else:
+            sums = self._empty((2 * c,))
+            self.launcher.launch("channel_sum", (2 * c,), threads, (sums, partial, *_i32(1, 2 * c, chunks)))
+        dx = self._empty(x.shape)
+        self._launch_flat("batchnorm2d_backward_dx", dx.size, dx, dy, x, gamma, beta, mean, invstd, sums,
+                          *_i32(n, c, h * w, act))
+        return dx, sums[c:], sums[:c]
 
 
 def _activation_methods(name: str):

@@ -44,8 +44,12 @@ def maxpool2d_forward(x, kernel, stride, padding):
     return y, offset_in_plane
 
 
-def maxpool2d_backward(dy, argmax, x_shape):
-    """dx (N, C, H, W): each dy added at its window's argmax (overlapping windows add up)."""
+def maxpool2d_backward(dy, argmax, x_shape, kernel=None, stride=None, padding=None):
+    """dx (N, C, H, W): each dy added at its window's argmax (overlapping windows add up).
+
+    The window geometry (kernel, stride, padding) is optional and unused here: the sums are
+    float64 in row-major output order, rounded once, and deterministic without it.
+    """
     n, c, h, w = x_shape
     plane = h * w
     index = argmax.reshape(n * c, -1).astype(np.int64) + (np.arange(n * c) * plane)[:, None]
