@@ -1,0 +1,524 @@
+// conv2d_tc.cu: convolution forward, backward-data, backward-filter and a dense GEMM as
+// implicit GEMMs on tensor cores (mma.sync), in two precisions:
+//   *_tf32  operands rounded to TF32 (cvt.rna), fp32 accumulation, m16n8k8
+//   *_bf16  operands rounded to bf16 (round to nearest even), fp32 accumulation, m16n8k16
+// Every kernel takes and writes float32 arrays: operands are rounded while they travel
+// from shared memory into mma fragments, so the op contract (fp32 in, fp32 out) holds.
+//
+// Layout: x, dx (N, C, H, W); w, dw (O, C, KH, KW); y, dy (N, O, OH, OW); NCHW float32.
+// KHW = KH*KW, P = OH*OW. The GEMM D (M x NN) = A (M x K) * B (K x NN) of each kernel:
+//
+//   kernel                         rows M            columns NN        reduction K
+//   conv2d_forward_tc_*            (n, oh, ow) N*P   o  O              (c, kh, kw)  C*KHW
+//   conv2d_backward_data_tc_*      (n, h, w) N*H*W   c  C              (o, kh, kw)  O*KHW
+//   conv2d_backward_filter_tc_*    o  O              (c, kh, kw) C*KHW (n, oh, ow)  N*P
+//   gemm_tc_*                      i  M              j  NN             k            K
+//
+// backward_data is the flipped-filter delta convolution: row (n, h, w), tap (o, kh, kw)
+// reads dy[n, o, (h + PH - kh) / SH, (w + PW - kw) / SW] when that lies on the stride-dilated
+// delta grid and inside it, else 0. backward_filter (and gemm) split K over gridDim.z:
+// block z writes its partial tile to out[z] (splits, M, NN) and splitk_reduce
+// (conv2d_igemm.cu) adds the splits in a fixed order: deterministic, no atomics.
+// gemm: A is a (M, K) row-major, or a (K, M) when trans_a; B is b (K, NN), or b (NN, K)
+// when trans_b; c (M, NN) row-major. The fused epilogue of forward and gemm adds
+// bias[column] when has_bias and clamps at 0 when relu (only without a K split).
+//
+// Thread mapping: 128 threads = 4 warps compute a 64 x 64 tile of D (blockIdx.x: row tile,
+// blockIdx.y: column tile); warp w owns rows 32 (w & 1) .. +32 and columns 32 (w >> 1) .. +32
+// as 2 x 4 mma tiles of 16 x 8 (32 fp32 accumulators per thread). K runs in chunks of 16
+// through a 3-stage cp.async pipeline: while chunk c is multiplied, chunks c+1 and c+2 are
+// in flight. Both tiles sit in shared memory as fp32 [row][k] (k contiguous), 4-byte
+// cp.async per element with zero fill for everything outside the tensor (padding, the
+// ragged edge of M, NN and K), so no shape needs to be a multiple of anything.
+//   Loads: an operand whose global addresses run along rows (im2col pixels, a transposed
+//   matrix) is loaded "row-fast" (8 consecutive lanes take 8 consecutive rows, 4 lane groups
+//   4 consecutive k: full 32-byte sectors, 2-way store conflicts, the row decomposition
+//   hoisted out of the K loop); one whose addresses run along k (weights, dy in
+//   backward_filter) "k-fast" (16 lanes take one row's 16 consecutive k).
+//   Fragments, tf32: ldmatrix.x4 on the fp32 tile. ldmatrix moves 8 x 8 matrices of 16-bit
+//   pairs, i.e. 8 rows of 4 32-bit words, and gives lane l word l % 4 of row l / 4, which is
+//   exactly the m16n8k8 tf32 A (and B, from the [column][k] tile) fragment layout; the row
+//   pitch of 20 words keeps the 8 rows of every matrix on distinct banks. The fp32 words are
+//   then rounded in registers (cvt.rna).
+//   Fragments, bf16: each register packs two k-adjacent values, so a lane reads 64-bit
+//   pairs (LDS.64) and packs them with cvt.rn.bf16x2; ldmatrix cannot help, because the
+//   tile is fp32 (converting before shared memory would mean register-staged loads
+//   instead of cp.async). The row pitch of 24 words makes those pair loads conflict-free.
+#include "tc.cuh"
+
+#define TC_BM 64
+#define TC_BN 64
+#define TC_BK 16
+#define TC_STAGES 3
+#define TC_THREADS 128
+
+// 64-bit shared-memory load of two adjacent floats (LDS.64 on the GPU).
+static __device__ __forceinline__ void tc_load_pair(const float* p, float& lo, float& hi)
+{
+#if defined(__CUDACC__)
+    const float2 v = *reinterpret_cast<const float2*>(p);
+    lo = v.x;
+    hi = v.y;
+#else
+    lo = p[0];
+    hi = p[1];
+#endif
+}
+
+struct Tf32 {
+    static constexpr int PITCH = 20;
+};
+struct Bf16 {
+    static constexpr int PITCH = 24;
+};
+
+template <int PITCH>
+struct alignas(16) TcTiles {
+    float a[TC_STAGES][TC_BM][PITCH];
+    float b[TC_STAGES][TC_BN][PITCH];
+};
+
+// ---- operand gathers: element (row, k) of a GEMM operand, or nullptr (read as 0) ------------
+// Each splits the address into a per-row part (Row) and a per-k part (Kx) so that the loader
+// decomposes whichever index is fixed for a thread once, not once per element.
+
+// Forward A: row (n, oh, ow), k (c, kh, kw) -> x[n, c, oh*SH - PH + kh, ow*SW - PW + kw].
+struct Im2colRows {
+    static constexpr bool row_fast = true;
+    const float* x;
+    int rows, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P;
+    struct Row {
+        const float* base;
+        int h0, w0;
+    };
+    struct Kx {
+        int off, kh, kw;
+    };
+    __device__ Row row(int m) const
+    {
+        if (m >= rows) return {nullptr, 0, 0};
+        const int n = m / P, p = m - n * P, oh = p / OW;
+        return {x + (size_t)n * C * H * W, oh * SH - PH, (p - oh * OW) * SW - PW};
+    }
+    __device__ Kx kx(int k) const
+    {
+        if (k >= K) return {-1, 0, 0};
+        const int c = k / KHW, r = k - c * KHW, kh = r / KW;
+        return {c * H * W, kh, r - kh * KW};
+    }
+    __device__ const float* at(const Row& r, const Kx& k) const
+    {
+        const int h = r.h0 + k.kh, w = r.w0 + k.kw;
+        if (!r.base || k.off < 0 || h < 0 || h >= H || w < 0 || w >= W) return nullptr;
+        return r.base + k.off + h * W + w;
+    }
+};
+
+// Backward-data A: row (n, h, w), tap k (o, kh, kw) -> dy[n, o, (h + PH - kh) / SH,
+// (w + PW - kw) / SW] when both divisions are exact and inside the delta map, else 0.
+struct DeltaRows {
+    static constexpr bool row_fast = true;
+    const float* dy;
+    int rows, K, O, W, HW, KW, KHW, SH, SW, PH, PW, OH, OW;
+    struct Row {
+        const float* base;
+        int th, tw;
+    };
+    struct Kx {
+        int off, kh, kw;
+    };
+    __device__ Row row(int m) const
+    {
+        if (m >= rows) return {nullptr, 0, 0};
+        const int n = m / HW, p = m - n * HW, h = p / W;
+        return {dy + (size_t)n * O * OH * OW, h + PH, p - h * W + PW};
+    }
+    __device__ Kx kx(int k) const
+    {
+        if (k >= K) return {-1, 0, 0};
+        const int o = k / KHW, r = k - o * KHW, kh = r / KW;
+        return {o * OH * OW, kh, r - kh * KW};
+    }
+    __device__ const float* at(const Row& r, const Kx& k) const
+    {
+        const int th = r.th - k.kh, tw = r.tw - k.kw;
+        if (!r.base || k.off < 0 || th < 0 || tw < 0) return nullptr;
+        const int oh = th / SH, ow = tw / SW;
+        if (oh * SH != th || ow * SW != tw || oh >= OH || ow >= OW) return nullptr;
+        return r.base + k.off + oh * OW + ow;
+    }
+};
+
+// Backward-filter B: row (c, kh, kw), k (n, oh, ow) -> x[n, c, oh*SH - PH + kh, ow*SW - PW + kw].
+struct Im2colCols {
+    static constexpr bool row_fast = false;
+    const float* x;
+    int rows, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P;
+    struct Row {
+        int off, kh, kw;
+    };
+    struct Kx {
+        const float* base;
+        int h0, w0;
+    };
+    __device__ Row row(int j) const
+    {
+        if (j >= rows) return {-1, 0, 0};
+        const int c = j / KHW, r = j - c * KHW, kh = r / KW;
+        return {c * H * W, kh, r - kh * KW};
+    }
+    __device__ Kx kx(int k) const
+    {
+        if (k >= K) return {nullptr, 0, 0};
+        const int n = k / P, p = k - n * P, oh = p / OW;
+        return {x + (size_t)n * C * H * W, oh * SH - PH, (p - oh * OW) * SW - PW};
+    }
+    __device__ const float* at(const Row& r, const Kx& k) const
+    {
+        const int h = k.h0 + r.kh, w = k.w0 + r.kw;
+        if (!k.base || r.off < 0 || h < 0 || h >= H || w < 0 || w >= W) return nullptr;
+        return k.base + r.off + h * W + w;
+    }
+};
+
+// Strided operands: element (i, k) at base + i * rstride + (k / kdiv) * khi + (k % kdiv) * klo.
+// The weights of forward and backward-data, dy of backward-filter, and both gemm operands in
+// either orientation. row_fast when consecutive rows are the contiguous direction.
+struct Strided {
+    bool row_fast;
+    const float* base;
+    int rows, K, rstride, kdiv, khi, klo;
+    struct Row {
+        long long off;
+    };
+    struct Kx {
+        long long off;
+    };
+    __device__ Row row(int i) const { return {i < rows ? (long long)i * rstride : -1}; }
+    __device__ Kx kx(int k) const
+    {
+        if (k >= K) return {-1};
+        const int q = kdiv == 1 ? k : k / kdiv;
+        return {(long long)q * khi + (long long)(k - q * kdiv) * klo};
+    }
+    __device__ const float* at(const Row& r, const Kx& k) const
+    {
+        return (r.off < 0 || k.off < 0) ? nullptr : base + r.off + k.off;
+    }
+};
+
+// ---- outputs: the epilogue's store of D[m][j] (+ bias[j], ReLU) --------------------------------
+// NCHW tensor: row m = (n, p) with P positions per image, column j = channel of `channels`.
+struct NchwOut {
+    float* y;
+    const float* bias;
+    int relu, P, channels;
+    __device__ void store(int m, int j, float v) const
+    {
+        const int n = m / P;
+        if (bias) v += bias[j];
+        if (relu) v = fmaxf(v, 0.0f);
+        y[((size_t)n * channels + j) * P + (m - n * P)] = v;
+    }
+};
+
+// Row-major matrix with leading dimension ld (already offset to this block's K split).
+struct MatrixOut {
+    float* c;
+    const float* bias;
+    int relu, ld;
+    __device__ void store(int m, int j, float v) const
+    {
+        if (bias) v += bias[j];
+        if (relu) v = fmaxf(v, 0.0f);
+        c[(size_t)m * ld + j] = v;
+    }
+};
+
+// ---- tile loader: one stage of one operand (64 rows x 16 k), 8 elements per thread -----------
+template <class G>
+struct TileLoader {
+    const G& g;
+    const float* fallback;  // any valid global address: the source of a zero-filled copy
+    int tid, row0;
+    typename G::Row rows[2];  // row-fast: this thread's two rows, decomposed once
+
+    __device__ TileLoader(const G& gather, const float* any, int t, int r0)
+        : g(gather), fallback(any), tid(t), row0(r0)
+    {
+        if (g.row_fast) {
+            rows[0] = g.row(row0 + (tid >> 5) * 8 + (tid & 7));
+            rows[1] = g.row(row0 + (4 + (tid >> 5)) * 8 + (tid & 7));
+        }
+    }
+
+    template <int PITCH>
+    __device__ void load(float (*s)[PITCH], int k0) const
+    {
+        if (g.row_fast) {
+            // element i: row ((i & 1) * 4 + tid / 32) * 8 + tid % 8, k (tid / 8) % 4 + 4 (i / 2)
+            const int r_lo = tid & 7, kq = (tid >> 3) & 3;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int r = ((i & 1) * 4 + (tid >> 5)) * 8 + r_lo, kk = kq + 4 * (i >> 1);
+                const float* src = g.at(rows[i & 1], g.kx(k0 + kk));
+                tc_cp_async_4(&s[r][kk], src ? src : fallback, src != nullptr);
+            }
+        } else {
+            // element i: row tid / 16 + 8 i, k tid % 16
+            const int kk = tid & 15;
+            const typename G::Kx k = g.kx(k0 + kk);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const int r = (tid >> 4) + 8 * i;
+                const float* src = g.at(g.row(row0 + r), k);
+                tc_cp_async_4(&s[r][kk], src ? src : fallback, src != nullptr);
+            }
+        }
+    }
+};
+
+// ---- one K chunk (16) of the warp's 32 x 32 tile: 2 x 4 mma tiles --------------------------
+template <int PITCH>
+static __device__ __forceinline__ void tc_chunk_mma(float acc[2][4][4], const float (*sa)[PITCH],
+                                                    const float (*sb)[PITCH], int lane, int wm, int wn, Tf32)
+{
+    const int q = lane >> 3, r8 = lane & 7;
+#pragma unroll
+    for (int ks = 0; ks < TC_BK; ks += 8) {
+        uint32_t a[2][4], b[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+            // matrices: rows 0-7 | 8-15 (q & 1) x k 0-3 | 4-7 (q >> 1) = fragment registers a0..a3
+            tc_ldmatrix_x4(a[mi], &sa[wm * 32 + mi * 16 + (q & 1) * 8 + r8][ks + (q >> 1) * 4]);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[mi][i] = tc_f32_to_tf32(__uint_as_float(a[mi][i]));
+        }
+#pragma unroll
+        for (int nj = 0; nj < 2; ++nj) {
+            // matrices: k 0-3 | 4-7 (q & 1) x columns 0-7 | 8-15 (q >> 1) = b0, b1 of two n8 tiles
+            uint32_t t[4];
+            tc_ldmatrix_x4(t, &sb[wn * 32 + nj * 16 + (q >> 1) * 8 + r8][ks + (q & 1) * 4]);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) b[2 * nj + (i >> 1)][i & 1] = tc_f32_to_tf32(__uint_as_float(t[i]));
+        }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                const float c[4] = {acc[mi][ni][0], acc[mi][ni][1], acc[mi][ni][2], acc[mi][ni][3]};
+                tc_mma_tf32_m16n8k8(acc[mi][ni], a[mi], b[ni], c);
+            }
+    }
+}
+
+static __device__ __forceinline__ uint32_t tc_pair_bf16(const float* p)
+{
+    float lo, hi;
+    tc_load_pair(p, lo, hi);
+    return tc_pack_bf16x2(lo, hi);
+}
+
+template <int PITCH>
+static __device__ __forceinline__ void tc_chunk_mma(float acc[2][4][4], const float (*sa)[PITCH],
+                                                    const float (*sb)[PITCH], int lane, int wm, int wn, Bf16)
+{
+    const int g = lane >> 2, k2 = 2 * (lane & 3);
+    uint32_t a[2][4], b[4][2];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+        const float* top = &sa[wm * 32 + mi * 16 + g][k2];
+        const float* bottom = top + 8 * PITCH;
+        a[mi][0] = tc_pair_bf16(top);
+        a[mi][1] = tc_pair_bf16(bottom);
+        a[mi][2] = tc_pair_bf16(top + 8);
+        a[mi][3] = tc_pair_bf16(bottom + 8);
+    }
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni) {
+        const float* col = &sb[wn * 32 + ni * 8 + g][k2];
+        b[ni][0] = tc_pair_bf16(col);
+        b[ni][1] = tc_pair_bf16(col + 8);
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+            const float c[4] = {acc[mi][ni][0], acc[mi][ni][1], acc[mi][ni][2], acc[mi][ni][3]};
+            tc_mma_bf16_m16n8k16(acc[mi][ni], a[mi], b[ni], c);
+        }
+}
+
+// ---- the GEMM: D tile (blockIdx.x, blockIdx.y) over this block's K split (blockIdx.z) ---------
+template <class Prec, class GA, class GB, class Out>
+static __device__ __forceinline__ void tc_igemm(const GA& ga, const float* a_any, const GB& gb,
+                                                const float* b_any, const Out& out, int M, int NN, int K,
+                                                Prec prec)
+{
+    __shared__ TcTiles<Prec::PITCH> tiles;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp & 1, wn = warp >> 1;
+    const int m0 = blockIdx.x * TC_BM, n0 = blockIdx.y * TC_BN;
+    const int chunks = (K + TC_BK - 1) / TC_BK;
+    const int per_split = (chunks + gridDim.z - 1) / gridDim.z;
+    const int first = blockIdx.z * per_split;
+    const int count = max(0, min(chunks, first + per_split) - first);
+    const TileLoader<GA> load_a(ga, a_any, tid, m0);
+    const TileLoader<GB> load_b(gb, b_any, tid, n0);
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+
+    // One commit group per chunk, empty past the end, so wait<STAGES - 2> always means
+    // "the chunk about to be multiplied has landed".
+#pragma unroll
+    for (int s = 0; s < TC_STAGES - 1; ++s) {
+        if (s < count) {
+            load_a.load(tiles.a[s], (first + s) * TC_BK);
+            load_b.load(tiles.b[s], (first + s) * TC_BK);
+        }
+        tc_cp_async_commit();
+    }
+    for (int c = 0; c < count; ++c) {
+        tc_cp_async_wait<TC_STAGES - 2>();
+        __syncthreads();  // chunk c visible to all; everyone is done with chunk c - 1's stage
+        const int next = c + TC_STAGES - 1;
+        if (next < count) {
+            load_a.load(tiles.a[next % TC_STAGES], (first + next) * TC_BK);
+            load_b.load(tiles.b[next % TC_STAGES], (first + next) * TC_BK);
+        }
+        tc_cp_async_commit();
+        tc_chunk_mma(acc, tiles.a[c % TC_STAGES], tiles.b[c % TC_STAGES], lane, wm, wn, prec);
+    }
+    tc_cp_async_wait_all();
+
+    // accumulator e of tile (mi, ni): row g + 8 (e / 2), column 2 (lane % 4) + e % 2
+    const int g = lane >> 2, t2 = 2 * (lane & 3);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int m = m0 + wm * 32 + mi * 16 + g + 8 * (e >> 1);
+                const int j = n0 + wn * 32 + ni * 8 + t2 + (e & 1);
+                if (m < M && j < NN) out.store(m, j, acc[mi][ni][e]);
+            }
+}
+
+// ---- the four operations, for either precision ----------------------------------------------
+template <class Prec>
+static __device__ __forceinline__ void tc_forward(float* y, const float* x, const float* w, const float* b,
+                                                  int relu, int N, int C, int H, int W, int O, int KH, int KW,
+                                                  int SH, int SW, int PH, int PW, int OH, int OW, Prec prec)
+{
+    const int KHW = KH * KW, K = C * KHW, P = OH * OW;
+    const Im2colRows ga = {x, N * P, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P};
+    const Strided gb = {false, w, O, K, K, 1, 1, 0};  // w[o * K + k]
+    const NchwOut out = {y, b, relu, P, O};
+    tc_igemm(ga, x, gb, w, out, N * P, O, K, prec);
+}
+
+template <class Prec>
+static __device__ __forceinline__ void tc_backward_data(float* dx, const float* dy, const float* w, int N, int C,
+                                                        int H, int W, int O, int KH, int KW, int SH, int SW,
+                                                        int PH, int PW, int OH, int OW, Prec prec)
+{
+    const int KHW = KH * KW, K = O * KHW, HW = H * W;
+    const DeltaRows ga = {dy, N * HW, K, O, W, HW, KW, KHW, SH, SW, PH, PW, OH, OW};
+    const Strided gb = {false, w, C, K, KHW, KHW, C * KHW, 1};  // w[(o * C + c) * KHW + tap]
+    const NchwOut out = {dx, nullptr, 0, HW, C};
+    tc_igemm(ga, dy, gb, w, out, N * HW, C, K, prec);
+}
+
+template <class Prec>
+static __device__ __forceinline__ void tc_backward_filter(float* partial, const float* dy, const float* x, int N,
+                                                          int C, int H, int W, int O, int KH, int KW, int SH,
+                                                          int SW, int PH, int PW, int OH, int OW, Prec prec)
+{
+    const int KHW = KH * KW, P = OH * OW, K = N * P, NCOL = C * KHW;
+    const Strided ga = {false, dy, O, K, P, P, O * P, 1};  // dy[(n * O + o) * P + p]
+    const Im2colCols gb = {x, NCOL, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P};
+    const MatrixOut out = {partial + (size_t)blockIdx.z * O * NCOL, nullptr, 0, NCOL};
+    tc_igemm(ga, dy, gb, x, out, O, NCOL, K, prec);
+}
+
+template <class Prec>
+static __device__ __forceinline__ void tc_gemm(float* c, const float* a, const float* b, const float* bias,
+                                               int relu, int M, int NN, int K, int trans_a, int trans_b, Prec prec)
+{
+    // A[i][k]: a[i * K + k], or a[k * M + i] (trans_a); B[k][j] as the [j][k] tile: b[k * NN + j],
+    // or b[j * K + k] (trans_b).
+    const Strided ga = trans_a ? Strided{true, a, M, K, 1, 1, M, 0} : Strided{false, a, M, K, K, 1, 1, 0};
+    const Strided gb = trans_b ? Strided{false, b, NN, K, K, 1, 1, 0} : Strided{true, b, NN, K, 1, 1, NN, 0};
+    const MatrixOut out = {c + (size_t)blockIdx.z * M * NN, bias, relu, NN};
+    tc_igemm(ga, a, gb, b, out, M, NN, K, prec);
+}
+
+// ---- kernels: outputs, inputs, sizes. blockDim = (128, 1, 1); grid (ceil(M / 64), ceil(NN / 64),
+// splits). has_bias selects b (any float array otherwise); relu clamps the result at 0. ---------
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+conv2d_forward_tc_tf32(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
+                       const float* __restrict__ b, int has_bias, int relu, int N, int C, int H, int W, int O,
+                       int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW)
+{
+    tc_forward(y, x, w, has_bias ? b : nullptr, relu, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Tf32{});
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+conv2d_forward_tc_bf16(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
+                       const float* __restrict__ b, int has_bias, int relu, int N, int C, int H, int W, int O,
+                       int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW)
+{
+    tc_forward(y, x, w, has_bias ? b : nullptr, relu, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Bf16{});
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+conv2d_backward_data_tc_tf32(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
+                             int N, int C, int H, int W, int O, int KH, int KW, int SH, int SW, int PH, int PW,
+                             int OH, int OW)
+{
+    tc_backward_data(dx, dy, w, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Tf32{});
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+conv2d_backward_data_tc_bf16(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
+                             int N, int C, int H, int W, int O, int KH, int KW, int SH, int SW, int PH, int PW,
+                             int OH, int OW)
+{
+    tc_backward_data(dx, dy, w, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Bf16{});
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+conv2d_backward_filter_tc_tf32(float* __restrict__ partial, const float* __restrict__ dy,
+                               const float* __restrict__ x, int N, int C, int H, int W, int O, int KH, int KW,
+                               int SH, int SW, int PH, int PW, int OH, int OW)
+{
+    tc_backward_filter(partial, dy, x, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Tf32{});
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+conv2d_backward_filter_tc_bf16(float* __restrict__ partial, const float* __restrict__ dy,
+                               const float* __restrict__ x, int N, int C, int H, int W, int O, int KH, int KW,
+                               int SH, int SW, int PH, int PW, int OH, int OW)
+{
+    tc_backward_filter(partial, dy, x, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Bf16{});
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+gemm_tc_tf32(float* __restrict__ c, const float* __restrict__ a, const float* __restrict__ b,
+             const float* __restrict__ bias, int has_bias, int relu, int M, int NN, int K, int trans_a, int trans_b)
+{
+    tc_gemm(c, a, b, has_bias ? bias : nullptr, relu, M, NN, K, trans_a, trans_b, Tf32{});
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+gemm_tc_bf16(float* __restrict__ c, const float* __restrict__ a, const float* __restrict__ b,
+             const float* __restrict__ bias, int has_bias, int relu, int M, int NN, int K, int trans_a, int trans_b)
+{
+    tc_gemm(c, a, b, has_bias ? bias : nullptr, relu, M, NN, K, trans_a, trans_b, Bf16{});
+}
