@@ -27,9 +27,12 @@
 // blockIdx.y: column tile); warp w owns rows 32 (w & 1) .. +32 and columns 32 (w >> 1) .. +32
 // as 2 x 4 mma tiles of 16 x 8 (32 fp32 accumulators per thread). K runs in chunks of 16
 // through a 3-stage cp.async pipeline: while chunk c is multiplied, chunks c+1 and c+2 are
-// in flight. Both tiles sit in shared memory as fp32 [row][k] (k contiguous), 4-byte
-// cp.async per element with zero fill for everything outside the tensor (padding, the
-// ragged edge of M, NN and K), so no shape needs to be a multiple of anything.
+// in flight. Both tiles sit in shared memory as fp32 [row][k] (k contiguous), filled by
+// cp.async with zero fill for everything outside the tensor (padding, the ragged edge of M,
+// NN and K), so no shape needs to be a multiple of anything: 4 bytes per element in
+// general, 16 bytes per 4 k where an operand's rows are contiguous and aligned (weights of
+// forward when C*KH*KW % 4 == 0, gemm operands along K when K % 4 == 0, dy of
+// backward_filter when OH*OW % 4 == 0).
 //   Loads: an operand whose global addresses run along rows (im2col pixels, a transposed
 //   matrix) is loaded "row-fast" (8 consecutive lanes take 8 consecutive rows, 4 lane groups
 //   4 consecutive k: full 32-byte sectors, 2-way store conflicts, the row decomposition
@@ -84,7 +87,7 @@ struct alignas(16) TcTiles {
 
 // Forward A: row (n, oh, ow), k (c, kh, kw) -> x[n, c, oh*SH - PH + kh, ow*SW - PW + kw].
 struct Im2colRows {
-    static constexpr bool row_fast = true;
+    static constexpr bool row_fast = true, vec4 = false;
     const float* x;
     int rows, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P;
     struct Row {
@@ -117,7 +120,7 @@ struct Im2colRows {
 // Backward-data A: row (n, h, w), tap k (o, kh, kw) -> dy[n, o, (h + PH - kh) / SH,
 // (w + PW - kw) / SW] when both divisions are exact and inside the delta map, else 0.
 struct DeltaRows {
-    static constexpr bool row_fast = true;
+    static constexpr bool row_fast = true, vec4 = false;
     const float* dy;
     int rows, K, O, W, HW, KW, KHW, SH, SW, PH, PW, OH, OW;
     struct Row {
@@ -151,7 +154,7 @@ struct DeltaRows {
 
 // Backward-filter B: row (c, kh, kw), k (n, oh, ow) -> x[n, c, oh*SH - PH + kh, ow*SW - PW + kw].
 struct Im2colCols {
-    static constexpr bool row_fast = false;
+    static constexpr bool row_fast = false, vec4 = false;
     const float* x;
     int rows, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P;
     struct Row {
@@ -183,9 +186,11 @@ struct Im2colCols {
 
 // Strided operands: element (i, k) at base + i * rstride + (k / kdiv) * khi + (k % kdiv) * klo.
 // The weights of forward and backward-data, dy of backward-filter, and both gemm operands in
-// either orientation. row_fast when consecutive rows are the contiguous direction.
+// either orientation. row_fast when consecutive rows are the contiguous direction; vec4 when
+// every aligned group of 4 k is 16 contiguous, 16-byte aligned bytes of one row (then a
+// k-fast tile moves with 16-byte cp.async, 2 per thread instead of 8 4-byte ones).
 struct Strided {
-    bool row_fast;
+    bool row_fast, vec4;
     const float* base;
     int rows, K, rstride, kdiv, khi, klo;
     struct Row {
@@ -206,6 +211,15 @@ struct Strided {
         return (r.off < 0 || k.off < 0) ? nullptr : base + r.off + k.off;
     }
 };
+
+static __device__ __forceinline__ Strided tc_strided(bool row_fast, const float* base, int rows, int K, int rstride,
+                                                     int kdiv, int khi, int klo)
+{
+    const bool runs = kdiv == 1 ? khi == 1 : (klo == 1 && kdiv % 4 == 0 && khi % 4 == 0);
+    const bool vec4 = !row_fast && runs && rstride % 4 == 0 && K % 4 == 0 &&
+                      (reinterpret_cast<unsigned long long>(base) & 15) == 0;
+    return {row_fast, vec4, base, rows, K, rstride, kdiv, khi, klo};
+}
 
 // ---- outputs: the epilogue's store of D[m][j] (+ bias[j], ReLU) --------------------------------
 // NCHW tensor: row m = (n, p) with P positions per image, column j = channel of `channels`.
@@ -263,6 +277,14 @@ struct TileLoader {
                 const int r = ((i & 1) * 4 + (tid >> 5)) * 8 + r_lo, kk = kq + 4 * (i >> 1);
                 const float* src = g.at(rows[i & 1], g.kx(k0 + kk));
                 tc_cp_async_4(&s[r][kk], src ? src : fallback, src != nullptr);
+            }
+        } else if (g.vec4) {
+            // vector i: row (tid + 128 i) / 4, k 4 (tid % 4) .. +4
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int r = (tid >> 2) + 32 * i, kk = 4 * (tid & 3);
+                const float* src = g.at(g.row(row0 + r), g.kx(k0 + kk));
+                tc_cp_async_16(&s[r][kk], src ? src : fallback, src != nullptr);
             }
         } else {
             // element i: row tid / 16 + 8 i, k tid % 16
@@ -418,7 +440,7 @@ static __device__ __forceinline__ void tc_forward(float* y, const float* x, cons
 {
     const int KHW = KH * KW, K = C * KHW, P = OH * OW;
     const Im2colRows ga = {x, N * P, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P};
-    const Strided gb = {false, w, O, K, K, 1, 1, 0};  // w[o * K + k]
+    const Strided gb = tc_strided(false, w, O, K, K, 1, 1, 0);  // w[o * K + k]
     const NchwOut out = {y, b, relu, P, O};
     tc_igemm(ga, x, gb, w, out, N * P, O, K, prec);
 }
@@ -430,7 +452,9 @@ static __device__ __forceinline__ void tc_backward_data(float* dx, const float* 
 {
     const int KHW = KH * KW, K = O * KHW, HW = H * W;
     const DeltaRows ga = {dy, N * HW, K, O, W, HW, KW, KHW, SH, SW, PH, PW, OH, OW};
-    const Strided gb = {false, w, C, K, KHW, KHW, C * KHW, 1};  // w[(o * C + c) * KHW + tap]
+    // w[(o * C + c) * KHW + tap]: runs of KHW taps along k, so k-fast unless a 1x1 filter leaves
+    // c as the only contiguous direction
+    const Strided gb = tc_strided(KHW == 1, w, C, K, KHW, KHW, C * KHW, 1);
     const NchwOut out = {dx, nullptr, 0, HW, C};
     tc_igemm(ga, dy, gb, w, out, N * HW, C, K, prec);
 }
@@ -441,7 +465,7 @@ static __device__ __forceinline__ void tc_backward_filter(float* partial, const 
                                                           int SW, int PH, int PW, int OH, int OW, Prec prec)
 {
     const int KHW = KH * KW, P = OH * OW, K = N * P, NCOL = C * KHW;
-    const Strided ga = {false, dy, O, K, P, P, O * P, 1};  // dy[(n * O + o) * P + p]
+    const Strided ga = tc_strided(false, dy, O, K, P, P, O * P, 1);  // dy[(n * O + o) * P + p]
     const Im2colCols gb = {x, NCOL, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P};
     const MatrixOut out = {partial + (size_t)blockIdx.z * O * NCOL, nullptr, 0, NCOL};
     tc_igemm(ga, dy, gb, x, out, O, NCOL, K, prec);
@@ -453,8 +477,8 @@ static __device__ __forceinline__ void tc_gemm(float* c, const float* a, const f
 {
     // A[i][k]: a[i * K + k], or a[k * M + i] (trans_a); B[k][j] as the [j][k] tile: b[k * NN + j],
     // or b[j * K + k] (trans_b).
-    const Strided ga = trans_a ? Strided{true, a, M, K, 1, 1, M, 0} : Strided{false, a, M, K, K, 1, 1, 0};
-    const Strided gb = trans_b ? Strided{false, b, NN, K, K, 1, 1, 0} : Strided{true, b, NN, K, 1, 1, NN, 0};
+    const Strided ga = trans_a ? tc_strided(true, a, M, K, 1, 1, M, 0) : tc_strided(false, a, M, K, K, 1, 1, 0);
+    const Strided gb = trans_b ? tc_strided(false, b, NN, K, K, 1, 1, 0) : tc_strided(true, b, NN, K, 1, 1, NN, 0);
     const MatrixOut out = {c + (size_t)blockIdx.z * M * NN, bias, relu, NN};
     tc_igemm(ga, a, gb, b, out, M, NN, K, prec);
 }

@@ -75,6 +75,7 @@ EXACT_CONV = [
     ((3, 5, 5, 6), (13, 1, 1), 2, 0),
     ((1, 17, 6, 7), (3, 5, 5), 1, 2),
     ((2, 13, 5, 5), (70, 3, 3), 2, 1),  # two column tiles of output channels
+    ((2, 4, 8, 8), (6, 3, 3), 1, 1),  # C*KH*KW and OH*OW multiples of 4: 16-byte cp.async of w and dy
 ]
 
 
@@ -114,9 +115,10 @@ def test_conv_integer_inputs_bit_exact(launcher, precision, case):
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
-def test_gemm_integer_inputs_bit_exact(launcher, precision, trans_a, trans_b):
+@pytest.mark.parametrize("k", [37, 36])  # 36: rows along K move as 16-byte copies
+def test_gemm_integer_inputs_bit_exact(launcher, precision, trans_a, trans_b, k):
     rng = np.random.default_rng(20)
-    m, k, nn = 67, 37, 9  # two row tiles, a ragged K chunk, a narrow column tile
+    m, nn = 67, 9  # two row tiles, a ragged K chunk, a narrow column tile
     a, b, bias = big_ints(rng, (m, k), precision), small_ints(rng, (k, nn)), small_ints(rng, (nn,))
     a_arg = np.ascontiguousarray(a.T) if trans_a else a
     b_arg = np.ascontiguousarray(b.T) if trans_b else b
@@ -127,6 +129,20 @@ def test_gemm_integer_inputs_bit_exact(launcher, precision, trans_a, trans_b):
     fused = tc_ops.gemm_tc(launcher, np, a_arg, b_arg, precision, trans_a=trans_a, trans_b=trans_b,
                            bias=bias, relu=True)
     np.testing.assert_array_equal(fused, np.maximum(product + bias, 0))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_misaligned_operands_take_the_4_byte_path(launcher, precision):
+    """Rows of 8 floats starting 4 bytes past a 16-byte boundary: no 16-byte copies, same answer."""
+    rng = np.random.default_rng(21)
+    a, b = big_ints(rng, (5, 8), precision), small_ints(rng, (3, 8))
+    buffer = np.empty(a.size + 1, np.float32)
+    shifted = buffer[1:].reshape(a.shape)
+    shifted[...] = a
+    assert shifted.ctypes.data % 16 != 0 and shifted.flags.c_contiguous
+    want = _r64(a, precision) @ b.T.astype(np.float64)
+    np.testing.assert_array_equal(tc_ops.gemm_tc(launcher, np, shifted, b, precision, trans_b=True), want)
+    np.testing.assert_array_equal(tc_ops.gemm_tc(launcher, np, a, b, precision, trans_b=True), want)
 
 
 def test_rounding_mode_is_the_precision_module_s(launcher):
