@@ -58,13 +58,13 @@
 // 64-bit shared-memory load of two adjacent floats (LDS.64 on the GPU).
 static __device__ __forceinline__ void tc_load_pair(const float* p, float& lo, float& hi)
 {
-#if defined(__CUDACC__)
+#ifdef GPUCNN_EMULATED
+    lo = p[0];
+    hi = p[1];
+#else
     const float2 v = *reinterpret_cast<const float2*>(p);
     lo = v.x;
     hi = v.y;
-#else
-    lo = p[0];
-    hi = p[1];
 #endif
 }
 
