@@ -63,16 +63,20 @@ class KernelSignature:
 
 
 def kernel_dir() -> Path:
-    """The folder that holds the *.cu sources (installed package or source checkout)."""
+    """The folder that holds the *.cu sources (source checkout or installed package).
+
+    The checkout next to the imported ``gpucnn`` comes first: an editable install of
+    another checkout maps ``gpucnn.kernels`` to *its* kernels/, which must not shadow ours.
+    """
+    import gpucnn
+
+    candidates = [Path(gpucnn.__file__).resolve().parent.parent / "kernels"]
     try:
         import gpucnn.kernels as package
 
-        candidates = [Path(p) for p in getattr(package, "__path__", [])]
+        candidates += [Path(p) for p in getattr(package, "__path__", [])]
     except ImportError:
-        candidates = []
-    import gpucnn
-
-    candidates.append(Path(gpucnn.__file__).resolve().parent.parent / "kernels")
+        pass
     for folder in candidates:
         if any(folder.glob("*.cu")):
             return folder
