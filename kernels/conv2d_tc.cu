@@ -35,9 +35,11 @@
 // backward_filter when OH*OW % 4 == 0).
 //   Loads: an operand whose global addresses run along rows (im2col pixels, a transposed
 //   matrix) is loaded "row-fast" (8 consecutive lanes take 8 consecutive rows, 4 lane groups
-//   4 consecutive k: full 32-byte sectors, 2-way store conflicts, the row decomposition
-//   hoisted out of the K loop); one whose addresses run along k (weights, dy in
-//   backward_filter) "k-fast" (16 lanes take one row's 16 consecutive k).
+//   4 consecutive k: full 32-byte sectors; shared stores conflict-free at the tf32 pitch,
+//   2-way at the bf16 one); one whose addresses run along k (weights, dy in backward_filter)
+//   "k-fast" (16 lanes take one row's 16 consecutive k). Index decomposition (integer
+//   division) happens once per thread: afterwards the filter-tap digits (c, kh, kw) are only
+//   stepped with carries, so the K loop of forward has no division at all.
 //   Fragments, tf32: ldmatrix.x4 on the fp32 tile. ldmatrix moves 8 x 8 matrices of 16-bit
 //   pairs, i.e. 8 rows of 4 32-bit words, and gives lane l word l % 4 of row l / 4, which is
 //   exactly the m16n8k8 tf32 A (and B, from the [column][k] tile) fragment layout; the row
@@ -54,6 +56,7 @@
 #define TC_BK 16
 #define TC_STAGES 3
 #define TC_THREADS 128
+#define TC_MIN_BLOCKS 4  // <= 128 registers a thread (no spills at sm_80/sm_90): 16 warps an SM
 
 // 64-bit shared-memory load of two adjacent floats (LDS.64 on the GPU).
 static __device__ __forceinline__ void tc_load_pair(const float* p, float& lo, float& hi)
@@ -82,37 +85,75 @@ struct alignas(16) TcTiles {
 };
 
 // ---- operand gathers: element (row, k) of a GEMM operand, or nullptr (read as 0) ------------
-// Each splits the address into a per-row part (Row) and a per-k part (Kx) so that the loader
-// decomposes whichever index is fixed for a thread once, not once per element.
+// Each splits the address into a per-row part (Row) and a per-k part (Kx). A thread's rows
+// are fixed for the whole K loop and its k advance by TC_BK per chunk, so the loader
+// decomposes each index once (integer division) and then only steps it: next_k moves a Kx
+// by TC_BK, next_row a Row by 8 (the row-fast loader needs next_k, the k-fast one next_row).
+// MAPPING says which loader an operand gets: ROW_FAST when consecutive rows are the
+// contiguous direction in global memory, K_FAST when consecutive k are, RUNTIME when the
+// gather decides per launch (gemm's transposes).
+enum { ROW_FAST = 0, K_FAST = 1, RUNTIME = 2 };
+
+// A walk over t = (ch, kh, kw), t < limit, with off = ch * plane: the filter taps of a
+// convolution GEMM's K (forward, backward-data) or its columns (backward-filter). Stepping
+// by a fixed amount needs at most one carry per digit, since each digit of the step is
+// below its radix.
+struct TapWalk {
+    int limit, KH, KW, plane, d_off, d_kh, d_kw;
+    struct Tap {
+        int t, off, kh, kw;
+    };
+    __device__ Tap at(int t) const
+    {
+        const int KHW = KH * KW, ch = t / KHW, r = t - ch * KHW, kh = r / KW;
+        return {t, ch * plane, kh, r - kh * KW};
+    }
+    __device__ void next(Tap& x, int step) const
+    {
+        x.t += step;
+        x.off += d_off;
+        x.kh += d_kh;
+        x.kw += d_kw;
+        if (x.kw >= KW) {
+            x.kw -= KW;
+            ++x.kh;
+        }
+        if (x.kh >= KH) {
+            x.kh -= KH;
+            x.off += plane;
+        }
+    }
+};
+
+static __device__ __forceinline__ TapWalk tc_tap_walk(int limit, int KH, int KW, int plane, int step)
+{
+    const int KHW = KH * KW, d_ch = step / KHW, r = step - d_ch * KHW, d_kh = r / KW;
+    return {limit, KH, KW, plane, d_ch * plane, d_kh, r - d_kh * KW};
+}
 
 // Forward A: row (n, oh, ow), k (c, kh, kw) -> x[n, c, oh*SH - PH + kh, ow*SW - PW + kw].
 struct Im2colRows {
-    static constexpr bool row_fast = true, vec4 = false;
+    static constexpr int MAPPING = ROW_FAST;
     const float* x;
-    int rows, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P;
+    TapWalk taps;  // K = C*KH*KW taps over planes of H*W
+    int rows, C, H, W, SH, SW, PH, PW, OW, P;
     struct Row {
         const float* base;
         int h0, w0;
     };
-    struct Kx {
-        int off, kh, kw;
-    };
+    typedef TapWalk::Tap Kx;
     __device__ Row row(int m) const
     {
         if (m >= rows) return {nullptr, 0, 0};
         const int n = m / P, p = m - n * P, oh = p / OW;
         return {x + (size_t)n * C * H * W, oh * SH - PH, (p - oh * OW) * SW - PW};
     }
-    __device__ Kx kx(int k) const
-    {
-        if (k >= K) return {-1, 0, 0};
-        const int c = k / KHW, r = k - c * KHW, kh = r / KW;
-        return {c * H * W, kh, r - kh * KW};
-    }
+    __device__ Kx kx(int k) const { return taps.at(k); }
+    __device__ void next_k(Kx& k) const { taps.next(k, TC_BK); }
     __device__ const float* at(const Row& r, const Kx& k) const
     {
         const int h = r.h0 + k.kh, w = r.w0 + k.kw;
-        if (!r.base || k.off < 0 || h < 0 || h >= H || w < 0 || w >= W) return nullptr;
+        if (!r.base || k.t >= taps.limit || h < 0 || h >= H || w < 0 || w >= W) return nullptr;
         return r.base + k.off + h * W + w;
     }
 };
@@ -120,33 +161,28 @@ struct Im2colRows {
 // Backward-data A: row (n, h, w), tap k (o, kh, kw) -> dy[n, o, (h + PH - kh) / SH,
 // (w + PW - kw) / SW] when both divisions are exact and inside the delta map, else 0.
 struct DeltaRows {
-    static constexpr bool row_fast = true, vec4 = false;
+    static constexpr int MAPPING = ROW_FAST;
     const float* dy;
-    int rows, K, O, W, HW, KW, KHW, SH, SW, PH, PW, OH, OW;
+    TapWalk taps;  // K = O*KH*KW taps over planes of OH*OW
+    int rows, O, W, HW, SH, SW, PH, PW, OH, OW;
     struct Row {
         const float* base;
         int th, tw;
     };
-    struct Kx {
-        int off, kh, kw;
-    };
+    typedef TapWalk::Tap Kx;
     __device__ Row row(int m) const
     {
         if (m >= rows) return {nullptr, 0, 0};
         const int n = m / HW, p = m - n * HW, h = p / W;
         return {dy + (size_t)n * O * OH * OW, h + PH, p - h * W + PW};
     }
-    __device__ Kx kx(int k) const
-    {
-        if (k >= K) return {-1, 0, 0};
-        const int o = k / KHW, r = k - o * KHW, kh = r / KW;
-        return {o * OH * OW, kh, r - kh * KW};
-    }
+    __device__ Kx kx(int k) const { return taps.at(k); }
+    __device__ void next_k(Kx& k) const { taps.next(k, TC_BK); }
     __device__ const float* at(const Row& r, const Kx& k) const
     {
         const int th = r.th - k.kh, tw = r.tw - k.kw;
-        if (!r.base || k.off < 0 || th < 0 || tw < 0) return nullptr;
-        const int oh = th / SH, ow = tw / SW;
+        if (!r.base || k.t >= taps.limit || th < 0 || tw < 0) return nullptr;
+        const int oh = SH == 1 ? th : th / SH, ow = SW == 1 ? tw : tw / SW;  // skip the division at stride 1
         if (oh * SH != th || ow * SW != tw || oh >= OH || ow >= OW) return nullptr;
         return r.base + k.off + oh * OW + ow;
     }
@@ -154,22 +190,17 @@ struct DeltaRows {
 
 // Backward-filter B: row (c, kh, kw), k (n, oh, ow) -> x[n, c, oh*SH - PH + kh, ow*SW - PW + kw].
 struct Im2colCols {
-    static constexpr bool row_fast = false, vec4 = false;
+    static constexpr int MAPPING = K_FAST;
     const float* x;
-    int rows, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P;
-    struct Row {
-        int off, kh, kw;
-    };
+    TapWalk taps;  // C*KH*KW columns over planes of H*W, stepped by 8 rows
+    int K, C, H, W, SH, SW, PH, PW, OW, P;
+    typedef TapWalk::Tap Row;
     struct Kx {
         const float* base;
         int h0, w0;
     };
-    __device__ Row row(int j) const
-    {
-        if (j >= rows) return {-1, 0, 0};
-        const int c = j / KHW, r = j - c * KHW, kh = r / KW;
-        return {c * H * W, kh, r - kh * KW};
-    }
+    __device__ Row row(int j) const { return taps.at(j); }
+    __device__ void next_row(Row& r) const { taps.next(r, 8); }
     __device__ Kx kx(int k) const
     {
         if (k >= K) return {nullptr, 0, 0};
@@ -179,7 +210,7 @@ struct Im2colCols {
     __device__ const float* at(const Row& r, const Kx& k) const
     {
         const int h = k.h0 + r.kh, w = k.w0 + r.kw;
-        if (!k.base || r.off < 0 || h < 0 || h >= H || w < 0 || w >= W) return nullptr;
+        if (!k.base || r.t >= taps.limit || h < 0 || h >= H || w < 0 || w >= W) return nullptr;
         return k.base + r.off + h * W + w;
     }
 };
@@ -190,25 +221,33 @@ struct Im2colCols {
 // every aligned group of 4 k is 16 contiguous, 16-byte aligned bytes of one row (then a
 // k-fast tile moves with 16-byte cp.async, 2 per thread instead of 8 4-byte ones).
 struct Strided {
+    static constexpr int MAPPING = RUNTIME;
     bool row_fast, vec4;
     const float* base;
     int rows, K, rstride, kdiv, khi, klo;
     struct Row {
+        int i;
         long long off;
     };
     struct Kx {
+        int k;
         long long off;
     };
-    __device__ Row row(int i) const { return {i < rows ? (long long)i * rstride : -1}; }
+    __device__ Row row(int i) const { return {i, (long long)i * rstride}; }
+    __device__ void next_row(Row& r) const
+    {
+        r.i += 8;
+        r.off += 8LL * rstride;
+    }
     __device__ Kx kx(int k) const
     {
-        if (k >= K) return {-1};
         const int q = kdiv == 1 ? k : k / kdiv;
-        return {(long long)q * khi + (long long)(k - q * kdiv) * klo};
+        return {k, (long long)q * khi + (long long)(k - q * kdiv) * klo};
     }
+    __device__ void next_k(Kx& k) const { k = kx(k.k + TC_BK); }
     __device__ const float* at(const Row& r, const Kx& k) const
     {
-        return (r.off < 0 || k.off < 0) ? nullptr : base + r.off + k.off;
+        return (r.i >= rows || k.k >= K) ? nullptr : base + r.off + k.off;
     }
 };
 
@@ -250,52 +289,90 @@ struct MatrixOut {
 };
 
 // ---- tile loader: one stage of one operand (64 rows x 16 k), 8 elements per thread -----------
+// Row-fast: element i is row ((i & 1) * 4 + tid / 32) * 8 + tid % 8, k (tid / 8) % 4 + 4 (i / 2):
+//   8 lanes take 8 consecutive rows (a 32-byte sector), 4 lane groups 4 consecutive k; the
+//   thread keeps its 2 rows and 4 k positions and steps the latter by TC_BK per chunk.
+// K-fast: element i is row tid / 16 + 8 i, k tid % 16 (16 lanes read 64 contiguous bytes);
+//   vec4: vector i is row tid / 4 + 32 i, k 4 (tid % 4) .. +3.
 template <class G>
 struct TileLoader {
     const G& g;
-    const float* fallback;  // any valid global address: the source of a zero-filled copy
+    const float* fallback;  // the operand's base (aligned as its copies): source of a zero fill
     int tid, row0;
-    typename G::Row rows[2];  // row-fast: this thread's two rows, decomposed once
+    typename G::Row rows[2];  // row-fast: this thread's rows
+    typename G::Kx ks[4];     // row-fast: this thread's k positions in the next chunk
+    typename G::Row first;    // k-fast: this thread's first row
 
-    __device__ TileLoader(const G& gather, const float* any, int t, int r0)
+    __device__ TileLoader(const G& gather, const float* any, int t, int r0, int k_begin)
         : g(gather), fallback(any), tid(t), row0(r0)
     {
-        if (g.row_fast) {
+        if (row_fast()) {
             rows[0] = g.row(row0 + (tid >> 5) * 8 + (tid & 7));
             rows[1] = g.row(row0 + (4 + (tid >> 5)) * 8 + (tid & 7));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) ks[j] = g.kx(k_begin + ((tid >> 3) & 3) + 4 * j);
+        } else {
+            first = g.row(row0 + (tid >> 4));
+        }
+    }
+
+    __device__ bool row_fast() const
+    {
+        if constexpr (G::MAPPING == RUNTIME) {
+            return g.row_fast;
+        } else {
+            return G::MAPPING == ROW_FAST;
         }
     }
 
     template <int PITCH>
-    __device__ void load(float (*s)[PITCH], int k0) const
+    __device__ void load(float (*s)[PITCH], int k0)
     {
-        if (g.row_fast) {
-            // element i: row ((i & 1) * 4 + tid / 32) * 8 + tid % 8, k (tid / 8) % 4 + 4 (i / 2)
-            const int r_lo = tid & 7, kq = (tid >> 3) & 3;
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const int r = ((i & 1) * 4 + (tid >> 5)) * 8 + r_lo, kk = kq + 4 * (i >> 1);
-                const float* src = g.at(rows[i & 1], g.kx(k0 + kk));
-                tc_cp_async_4(&s[r][kk], src ? src : fallback, src != nullptr);
+        if constexpr (G::MAPPING != K_FAST) {
+            if (row_fast()) {
+                load_row_fast(s);
+                return;
             }
-        } else if (g.vec4) {
-            // vector i: row (tid + 128 i) / 4, k 4 (tid % 4) .. +4
+        }
+        if constexpr (G::MAPPING != ROW_FAST) load_k_fast(s, k0);
+    }
+
+    template <int PITCH>
+    __device__ void load_row_fast(float (*s)[PITCH])
+    {
+        const int r_lo = tid & 7, kq = (tid >> 3) & 3;
 #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int r = (tid >> 2) + 32 * i, kk = 4 * (tid & 3);
-                const float* src = g.at(g.row(row0 + r), g.kx(k0 + kk));
-                tc_cp_async_16(&s[r][kk], src ? src : fallback, src != nullptr);
-            }
-        } else {
-            // element i: row tid / 16 + 8 i, k tid % 16
-            const int kk = tid & 15;
-            const typename G::Kx k = g.kx(k0 + kk);
+        for (int i = 0; i < 8; ++i) {
+            const int r = ((i & 1) * 4 + (tid >> 5)) * 8 + r_lo, kk = kq + 4 * (i >> 1);
+            const float* src = g.at(rows[i & 1], ks[i >> 1]);
+            tc_cp_async_4(&s[r][kk], src ? src : fallback, src != nullptr);
+        }
 #pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const int r = (tid >> 4) + 8 * i;
-                const float* src = g.at(g.row(row0 + r), k);
-                tc_cp_async_4(&s[r][kk], src ? src : fallback, src != nullptr);
+        for (int j = 0; j < 4; ++j) g.next_k(ks[j]);
+    }
+
+    template <int PITCH>
+    __device__ void load_k_fast(float (*s)[PITCH], int k0) const
+    {
+        if constexpr (G::MAPPING == RUNTIME) {
+            if (g.vec4) {
+#pragma unroll
+                for (int i = 0; i < 2; ++i) {
+                    const int r = (tid >> 2) + 32 * i, kk = 4 * (tid & 3);
+                    const float* src = g.at(g.row(row0 + r), g.kx(k0 + kk));
+                    tc_cp_async_16(&s[r][kk], src ? src : fallback, src != nullptr);
+                }
+                return;
             }
+        }
+        const int kk = tid & 15;
+        const typename G::Kx k = g.kx(k0 + kk);
+        typename G::Row row = first;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const float* src = g.at(row, k);
+            tc_cp_async_4(&s[(tid >> 4) + 8 * i][kk], src ? src : fallback, src != nullptr);
+            g.next_row(row);
         }
     }
 };
@@ -384,8 +461,8 @@ static __device__ __forceinline__ void tc_igemm(const GA& ga, const float* a_any
     const int per_split = (chunks + gridDim.z - 1) / gridDim.z;
     const int first = blockIdx.z * per_split;
     const int count = max(0, min(chunks, first + per_split) - first);
-    const TileLoader<GA> load_a(ga, a_any, tid, m0);
-    const TileLoader<GB> load_b(gb, b_any, tid, n0);
+    TileLoader<GA> load_a(ga, a_any, tid, m0, first * TC_BK);
+    TileLoader<GB> load_b(gb, b_any, tid, n0, first * TC_BK);
 
     float acc[2][4][4];
 #pragma unroll
@@ -439,7 +516,7 @@ static __device__ __forceinline__ void tc_forward(float* y, const float* x, cons
                                                   int SH, int SW, int PH, int PW, int OH, int OW, Prec prec)
 {
     const int KHW = KH * KW, K = C * KHW, P = OH * OW;
-    const Im2colRows ga = {x, N * P, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P};
+    const Im2colRows ga = {x, tc_tap_walk(K, KH, KW, H * W, TC_BK), N * P, C, H, W, SH, SW, PH, PW, OW, P};
     const Strided gb = tc_strided(false, w, O, K, K, 1, 1, 0);  // w[o * K + k]
     const NchwOut out = {y, b, relu, P, O};
     tc_igemm(ga, x, gb, w, out, N * P, O, K, prec);
@@ -451,7 +528,7 @@ static __device__ __forceinline__ void tc_backward_data(float* dx, const float* 
                                                         int PH, int PW, int OH, int OW, Prec prec)
 {
     const int KHW = KH * KW, K = O * KHW, HW = H * W;
-    const DeltaRows ga = {dy, N * HW, K, O, W, HW, KW, KHW, SH, SW, PH, PW, OH, OW};
+    const DeltaRows ga = {dy, tc_tap_walk(K, KH, KW, OH * OW, TC_BK), N * HW, O, W, HW, SH, SW, PH, PW, OH, OW};
     // w[(o * C + c) * KHW + tap]: runs of KHW taps along k, so k-fast unless a 1x1 filter leaves
     // c as the only contiguous direction
     const Strided gb = tc_strided(KHW == 1, w, C, K, KHW, KHW, C * KHW, 1);
@@ -466,7 +543,7 @@ static __device__ __forceinline__ void tc_backward_filter(float* partial, const 
 {
     const int KHW = KH * KW, P = OH * OW, K = N * P, NCOL = C * KHW;
     const Strided ga = tc_strided(false, dy, O, K, P, P, O * P, 1);  // dy[(n * O + o) * P + p]
-    const Im2colCols gb = {x, NCOL, K, C, H, W, KW, KHW, SH, SW, PH, PW, OW, P};
+    const Im2colCols gb = {x, tc_tap_walk(NCOL, KH, KW, H * W, 8), K, C, H, W, SH, SW, PH, PW, OW, P};
     const MatrixOut out = {partial + (size_t)blockIdx.z * O * NCOL, nullptr, 0, NCOL};
     tc_igemm(ga, dy, gb, x, out, O, NCOL, K, prec);
 }
@@ -485,7 +562,7 @@ static __device__ __forceinline__ void tc_gemm(float* c, const float* a, const f
 
 // ---- kernels: outputs, inputs, sizes. blockDim = (128, 1, 1); grid (ceil(M / 64), ceil(NN / 64),
 // splits). has_bias selects b (any float array otherwise); relu clamps the result at 0. ---------
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 conv2d_forward_tc_tf32(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
                        const float* __restrict__ b, int has_bias, int relu, int N, int C, int H, int W, int O,
                        int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW)
@@ -493,7 +570,7 @@ conv2d_forward_tc_tf32(float* __restrict__ y, const float* __restrict__ x, const
     tc_forward(y, x, w, has_bias ? b : nullptr, relu, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Tf32{});
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 conv2d_forward_tc_bf16(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
                        const float* __restrict__ b, int has_bias, int relu, int N, int C, int H, int W, int O,
                        int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW)
@@ -501,7 +578,7 @@ conv2d_forward_tc_bf16(float* __restrict__ y, const float* __restrict__ x, const
     tc_forward(y, x, w, has_bias ? b : nullptr, relu, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Bf16{});
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 conv2d_backward_data_tc_tf32(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
                              int N, int C, int H, int W, int O, int KH, int KW, int SH, int SW, int PH, int PW,
                              int OH, int OW)
@@ -509,7 +586,7 @@ conv2d_backward_data_tc_tf32(float* __restrict__ dx, const float* __restrict__ d
     tc_backward_data(dx, dy, w, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Tf32{});
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 conv2d_backward_data_tc_bf16(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ w,
                              int N, int C, int H, int W, int O, int KH, int KW, int SH, int SW, int PH, int PW,
                              int OH, int OW)
@@ -517,7 +594,7 @@ conv2d_backward_data_tc_bf16(float* __restrict__ dx, const float* __restrict__ d
     tc_backward_data(dx, dy, w, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Bf16{});
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 conv2d_backward_filter_tc_tf32(float* __restrict__ partial, const float* __restrict__ dy,
                                const float* __restrict__ x, int N, int C, int H, int W, int O, int KH, int KW,
                                int SH, int SW, int PH, int PW, int OH, int OW)
@@ -525,7 +602,7 @@ conv2d_backward_filter_tc_tf32(float* __restrict__ partial, const float* __restr
     tc_backward_filter(partial, dy, x, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Tf32{});
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 conv2d_backward_filter_tc_bf16(float* __restrict__ partial, const float* __restrict__ dy,
                                const float* __restrict__ x, int N, int C, int H, int W, int O, int KH, int KW,
                                int SH, int SW, int PH, int PW, int OH, int OW)
@@ -533,14 +610,14 @@ conv2d_backward_filter_tc_bf16(float* __restrict__ partial, const float* __restr
     tc_backward_filter(partial, dy, x, N, C, H, W, O, KH, KW, SH, SW, PH, PW, OH, OW, Bf16{});
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 gemm_tc_tf32(float* __restrict__ c, const float* __restrict__ a, const float* __restrict__ b,
              const float* __restrict__ bias, int has_bias, int relu, int M, int NN, int K, int trans_a, int trans_b)
 {
     tc_gemm(c, a, b, has_bias ? bias : nullptr, relu, M, NN, K, trans_a, trans_b, Tf32{});
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 gemm_tc_bf16(float* __restrict__ c, const float* __restrict__ a, const float* __restrict__ b,
              const float* __restrict__ bias, int has_bias, int relu, int M, int NN, int K, int trans_a, int trans_b)
 {
