@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gpucnn import backend as backend_module
-from gpucnn.cuda import nvrtc_check, sources, tc_ops
+from gpucnn.cuda import nvrtc_check, sass_report, sources, tc_ops
 from gpucnn.cuda.emulator import EmulatedLauncher
 from gpucnn.ops import numpy_ops as ref
 from gpucnn.precision import round_to_bf16, round_to_tf32
@@ -274,12 +274,23 @@ def test_kernels_are_found_and_run_as_fibers(launcher):
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_nvrtc_compiles_real_machine_code(arch):
+def test_nvrtc_machine_code_has_tensor_core_instructions_and_no_spills(arch):
+    """NVRTC compiles every tc kernel to sm_80/sm_90 machine code: no spills within the launch
+    bounds (128 threads, 4 blocks an SM: <= 128 registers), mma/ldmatrix/cp.async in the SASS."""
     if nvrtc_check.load_nvrtc() is None:
         pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc, or set GPUCNN_NVRTC)")
-    result = nvrtc_check.compile_source(sources.read_sources()[KERNEL_FILE], KERNEL_FILE, arch)
-    assert result.ok, result.log
-    assert "warning" not in result.log, result.log
+    disassembler = sass_report.find_disassembler()
+    rows = {r["kernel"]: r for r in sass_report.file_report(KERNEL_FILE, sources.read_sources()[KERNEL_FILE], arch,
+                                                            disassembler)}
+    assert sorted(rows) == sorted(TC_KERNELS)
+    for name, r in rows.items():
+        assert (r["spill_stores"], r["spill_loads"], r["stack"]) == (0, 0, 0), r
+        assert r["threads"] == tc_ops.THREADS and not r["threads_assumed"], r
+        assert r["registers"] <= 128 and r["blocks_per_sm"] >= 4, r
+        assert r["smem"] <= 48 * 1024, r
+        if disassembler is not None:
+            assert r["hmma"] > 0 and r["ldgsts"] > 0, r
+            assert (r["ldsm"] > 0) == name.endswith("tf32"), r  # bf16 fragments are LDS.64 pairs
 
 
 # ---- on a real GPU ---------------------------------------------------------------------------
