@@ -166,30 +166,36 @@ RANDOM_CONV = [
 ]
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("case", RANDOM_CONV, ids=_ids)
-def test_conv_random_inputs_match_same_precision_reference(launcher, precision, case):
+def check_conv_random(launcher, xp, to_host, precision, case, splits=None, seed=30):
+    """Forward, backward-data and backward-filter of one random case within the K bound."""
     (n, c, h, w), (o, kh, kw), s, p = case
-    rng = np.random.default_rng(30)
+    rng = np.random.default_rng(seed)
     x, wt, b = randn(rng, n, c, h, w), randn(rng, o, c, kh, kw), randn(rng, o)
     stride, pad = (s, s), (p, p)
     xr, wr = _r64(x, precision), _r64(wt, precision)
 
     want = ref.conv2d_forward(xr, wr, b.astype(np.float64), stride, pad)
     bound = ref.conv2d_forward(np.abs(xr), np.abs(wr), np.abs(b.astype(np.float64)), stride, pad)
-    y = tc_ops.conv2d_forward_tc(launcher, np, x, wt, b, s, p, precision)
-    assert_within_k_bound(y, want, bound, c * kh * kw + 1)
+    y = tc_ops.conv2d_forward_tc(launcher, xp, xp.asarray(x), xp.asarray(wt), xp.asarray(b), s, p, precision)
+    assert_within_k_bound(to_host(y), want, bound, c * kh * kw + 1)
 
     dy = randn(rng, *want.shape)
     dyr = _r64(dy, precision)
-    dx = tc_ops.conv2d_backward_data_tc(launcher, np, dy, wt, x.shape, stride, pad, precision)
-    assert_within_k_bound(dx, ref.conv2d_backward_data(dyr, wr, x.shape, stride, pad),
+    dx = tc_ops.conv2d_backward_data_tc(launcher, xp, xp.asarray(dy), xp.asarray(wt), x.shape, stride, pad, precision)
+    assert_within_k_bound(to_host(dx), ref.conv2d_backward_data(dyr, wr, x.shape, stride, pad),
                           ref.conv2d_backward_data(np.abs(dyr), np.abs(wr), x.shape, stride, pad), o * kh * kw)
 
     k = n * want.shape[2] * want.shape[3]
-    dw = tc_ops.conv2d_backward_filter_tc(launcher, np, dy, x, wt.shape, s, p, precision, splits=2)
-    assert_within_k_bound(dw, ref.conv2d_backward_filter(dyr, xr, wt.shape, stride, pad),
+    dw = tc_ops.conv2d_backward_filter_tc(launcher, xp, xp.asarray(dy), xp.asarray(x), wt.shape, s, p, precision,
+                                          splits=splits)
+    assert_within_k_bound(to_host(dw), ref.conv2d_backward_filter(dyr, xr, wt.shape, stride, pad),
                           ref.conv2d_backward_filter(np.abs(dyr), np.abs(xr), wt.shape, stride, pad), k)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("case", RANDOM_CONV, ids=_ids)
+def test_conv_random_inputs_match_same_precision_reference(launcher, precision, case):
+    check_conv_random(launcher, np, np.asarray, precision, case, splits=2)
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -199,13 +205,14 @@ def test_dense_layer_gemms_random(launcher, precision):
     n, i, o = 3, 21, 10
     x, w, b, dy = randn(rng, n, i), randn(rng, o, i), randn(rng, o), randn(rng, n, o)
     xr, wr, dyr = _r64(x, precision), _r64(w, precision), _r64(dy, precision)
-    y = tc_ops.gemm_tc(launcher, np, x, w, precision, trans_b=True, bias=b)
+    y = tc_ops.dense_forward_tc(launcher, np, x, w, b, precision)
     assert_within_k_bound(y, ref.dense_forward(xr, wr, b.astype(np.float64)),
                           ref.dense_forward(np.abs(xr), np.abs(wr), np.abs(b.astype(np.float64))), i + 1)
     want_dx, want_dw, _ = ref.dense_backward(dyr, xr, wr)
     bound_dx, bound_dw, _ = ref.dense_backward(np.abs(dyr), np.abs(xr), np.abs(wr))
-    assert_within_k_bound(tc_ops.gemm_tc(launcher, np, dy, w, precision), want_dx, bound_dx, o)
-    assert_within_k_bound(tc_ops.gemm_tc(launcher, np, dy, x, precision, trans_a=True), want_dw, bound_dw, n)
+    dx, dw = tc_ops.dense_backward_tc(launcher, np, dy, x, w, precision)
+    assert_within_k_bound(dx, want_dx, bound_dx, o)
+    assert_within_k_bound(dw, want_dw, bound_dw, n)
 
 
 # ---- the tests can fail ----------------------------------------------------------------------
@@ -294,30 +301,41 @@ def test_nvrtc_machine_code_has_tensor_core_instructions_and_no_spills(arch):
 
 
 # ---- on a real GPU ---------------------------------------------------------------------------
-@pytest.mark.gpu
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_gpu_matches_same_precision_reference(precision):
-    with backend_module.use_backend("cuda") as gpu:
+@pytest.fixture
+def gpu():
+    """(CudaLauncher, cupy, backend) on the cuda backend."""
+    with backend_module.use_backend("cuda") as b:
         from gpucnn.cuda.launcher import CudaLauncher
 
-        cuda, xp = CudaLauncher(), gpu.xp
-        rng = np.random.default_rng(60)
-        for (n, c, h, w), (o, kh, kw), s, p in [((8, 17, 33, 31), (70, 3, 3), 1, 1), ((4, 64, 16, 16), (128, 5, 5), 2, 2)]:
-            x, wt, b = randn(rng, n, c, h, w), randn(rng, o, c, kh, kw), randn(rng, o)
-            stride, pad = (s, s), (p, p)
-            xr, wr = _r64(x, precision), _r64(wt, precision)
-            want = ref.conv2d_forward(xr, wr, b.astype(np.float64), stride, pad)
-            y = tc_ops.conv2d_forward_tc(cuda, xp, xp.asarray(x), xp.asarray(wt), xp.asarray(b), s, p, precision)
-            assert_within_k_bound(gpu.to_host(y), want,
-                                  ref.conv2d_forward(np.abs(xr), np.abs(wr), np.abs(b.astype(np.float64)), stride,
-                                                     pad), c * kh * kw + 1)
-            dy = randn(rng, *want.shape)
-            dyr = _r64(dy, precision)
-            dx = tc_ops.conv2d_backward_data_tc(cuda, xp, xp.asarray(dy), xp.asarray(wt), x.shape, s, p, precision)
-            assert_within_k_bound(gpu.to_host(dx), ref.conv2d_backward_data(dyr, wr, x.shape, stride, pad),
-                                  ref.conv2d_backward_data(np.abs(dyr), np.abs(wr), x.shape, stride, pad),
-                                  o * kh * kw)
-            dw = tc_ops.conv2d_backward_filter_tc(cuda, xp, xp.asarray(dy), xp.asarray(x), wt.shape, s, p, precision)
-            assert_within_k_bound(gpu.to_host(dw), ref.conv2d_backward_filter(dyr, xr, wt.shape, stride, pad),
-                                  ref.conv2d_backward_filter(np.abs(dyr), np.abs(xr), wt.shape, stride, pad),
-                                  n * want.shape[2] * want.shape[3])
+        yield CudaLauncher(), b.xp, b
+
+
+GPU_CONV = [
+    ((8, 17, 33, 31), (70, 3, 3), 1, 1),
+    ((4, 64, 16, 16), (128, 5, 5), 2, 2),
+    ((32, 3, 32, 32), (64, 3, 3), 1, 1),  # first layer of a CIFAR net: K = 27, backward-filter split
+    ((2, 256, 8, 8), (256, 1, 1), 1, 0),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("case", GPU_CONV, ids=_ids)
+def test_gpu_conv_matches_same_precision_reference(gpu, precision, case):
+    launcher, xp, backend = gpu
+    check_conv_random(launcher, xp, backend.to_host, precision, case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_gpu_integer_inputs_bit_exact(gpu, precision):
+    """Exact sums on the GPU too, whatever order the tensor cores add in."""
+    launcher, xp, backend = gpu
+    rng = np.random.default_rng(70)
+    a, b = big_ints(rng, (300, 128), precision), small_ints(rng, (128, 130))
+    got = tc_ops.gemm_tc(launcher, xp, xp.asarray(a), xp.asarray(b), precision)
+    np.testing.assert_array_equal(backend.to_host(got), _r64(a, precision) @ b.astype(np.float64))
+    x, wt = big_ints(rng, (4, 16, 12, 12), precision), small_ints(rng, (32, 16, 3, 3))
+    y = tc_ops.conv2d_forward_tc(launcher, xp, xp.asarray(x), xp.asarray(wt), None, 1, 1, precision)
+    np.testing.assert_array_equal(backend.to_host(y),
+                                  ref.conv2d_forward(_r64(x, precision), wt.astype(np.float64), None, (1, 1), (1, 1)))

@@ -191,3 +191,13 @@ def gemm_tc(launcher, xp, a, b, precision: str, trans_a: bool = False, trans_b: 
     if count > 1:
         _reduce_splits(launcher, c, partial, count)
     return c
+
+
+def dense_forward_tc(launcher, xp, x, w, b, precision: str, relu: bool = False):
+    """y (N, O) = x (N, I) @ w (O, I).T + b (O,) (b may be None), ReLU if ``relu``, on tensor cores."""
+    return gemm_tc(launcher, xp, x, w, precision, trans_b=True, bias=b, relu=relu)
+
+
+def dense_backward_tc(launcher, xp, dy, x, w, precision: str):
+    """(dx (N, I), dw (O, I)) for dy (N, O) on tensor cores; db stays the channel sum of dy."""
+    return gemm_tc(launcher, xp, dy, w, precision), gemm_tc(launcher, xp, dy, x, precision, trans_a=True)
