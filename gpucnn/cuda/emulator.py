@@ -2,25 +2,33 @@
 
 Each source file is compiled by the host C++ compiler (``$CXX``, default ``g++``) with
 ``cuda_emulation.h`` (dim3, threadIdx/blockIdx/blockDim/gridDim, ``__shared__`` as a
-per-block ``static``, ``__syncthreads`` as a fiber barrier, math intrinsics, atomicAdd)
-into one shared library, plus one generated wrapper per kernel::
+per-block ``static``, ``__syncthreads`` as a fiber barrier, warp shuffles/votes and
+``__syncwarp`` as a rendezvous of the warp's lanes, math intrinsics, atomicAdd; it defines
+``GPUCNN_EMULATED``, which kernels/tc.cuh uses to replace its inline PTX for mma, ldmatrix
+and cp.async by exact CPU models) into one shared library, plus one generated wrapper per
+kernel::
 
     extern "C" int emu_<name>(const unsigned* grid, const unsigned* block, <params>)
 
 that runs the kernel over every block and thread: plain nested loops for kernels without
-``__syncthreads`` (fast), one ucontext fiber per thread for kernels with it (blocks one
-at a time, deterministic, one OS thread). Libraries are cached in
-``$GPUCNN_CACHE_DIR/emulator/<hash>/`` (default ``~/.cache/gpucnn``), the hash covering the
-sources, header, wrappers, compiler version and flags; a build goes to a temporary name
-and is renamed into place. Compile errors raise KernelCompileError naming the .cu file
-and line.
+barriers or warp collectives (fast), one fiber per thread for kernels with them (blocks
+one at a time, deterministic, one OS thread; on x86-64 a syscall-free context switch,
+elsewhere ucontext). Misuse that would hang or be undefined on a GPU (a barrier or warp
+collective some lanes never reach, lanes that disagree on a collective's mask, a lane
+that exits while its warp waits for it) raises RuntimeError naming the kernel, warp and
+lanes. Libraries are cached in ``$GPUCNN_CACHE_DIR/emulator/<hash>/`` (default
+``~/.cache/gpucnn``), the hash covering the sources, header, wrappers, compiler version
+and flags; a build goes to a temporary name and is renamed into place. Compile errors
+raise KernelCompileError naming the .cu file and line.
 
-Not emulated (kernels must not use them): warp shuffles/votes, ``__syncwarp``, dynamic
-(extern) shared memory, cooperative groups, textures, streams. No kernel in kernels/
-uses any of them, so every line of every kernel runs here.
+Not emulated (kernels must not use them): dynamic (extern) shared memory, cooperative
+groups, textures, streams, ``__activemask`` and the ``__match``/``__reduce`` warp functions.
 
 ``EmulatedLauncher(source_overrides={"pool.cu": text})`` compiles modified sources
-instead of the shipped ones (used by the tests to prove a broken kernel is caught).
+instead of the shipped ones (used by the tests to prove a broken kernel is caught);
+``kernel_folder=`` points it at another folder of *.cu/*.cuh (test kernels);
+``cxx_flags=("-DGPUCNN_EMU_UCONTEXT",)`` adds compiler flags (here: force the portable
+ucontext fiber switch).
 """
 
 from __future__ import annotations
@@ -114,8 +122,14 @@ class EmulatedLauncher:
     multiprocessor_count = 2  # what launch heuristics (split-K) see; keeps emulated grids small
     reduction_threads = 64  # block size of the reduction kernels (any power of two works)
 
-    def __init__(self, source_overrides: dict[str, str] | None = None, kernel_folder: Path | None = None):
-        self.kernel_folder = kernel_folder or source_files.kernel_dir()
+    def __init__(
+        self,
+        source_overrides: dict[str, str] | None = None,
+        kernel_folder: Path | None = None,
+        cxx_flags: tuple[str, ...] = (),
+    ):
+        self.kernel_folder = Path(kernel_folder) if kernel_folder else source_files.kernel_dir()
+        self.cxx_flags = (*CXX_FLAGS, *cxx_flags)
         self.sources = source_files.read_sources(self.kernel_folder)
         self.headers = source_files.read_headers(self.kernel_folder)
         for file, text in (source_overrides or {}).items():
@@ -137,7 +151,7 @@ class EmulatedLauncher:
         display = (self.kernel_folder / file).as_posix() if file not in self.overridden else f"{file}"
         unit = translation_unit(file, text, signatures, display)
         digest = hashlib.sha256()
-        for part in (unit, HEADER.read_text(), *sorted(self.headers.items()), _compiler_version(self._cxx), *CXX_FLAGS):
+        for part in (unit, HEADER.read_text(), *sorted(self.headers.items()), _compiler_version(self._cxx), *self.cxx_flags):
             digest.update(str(part).encode())
             digest.update(b"\0")
         folder = cache_root() / "emulator" / digest.hexdigest()[:24]
@@ -158,7 +172,7 @@ class EmulatedLauncher:
             cpp = Path(scratch) / (Path(file).stem + ".cpp")
             cpp.write_text(unit)
             built = Path(scratch) / "out.so"
-            command = [self._cxx, *CXX_FLAGS, f"-I{self.kernel_folder}", str(cpp), "-o", str(built)]
+            command = [self._cxx, *self.cxx_flags, f"-I{self.kernel_folder}", str(cpp), "-o", str(built)]
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise _compile_error(file, result.stderr)

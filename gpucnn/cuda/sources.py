@@ -50,7 +50,11 @@ class KernelParam:
 
 @dataclass(frozen=True)
 class KernelSignature:
-    """A parsed ``extern "C" __global__`` kernel: name, params, file, whether it syncs."""
+    """A parsed ``extern "C" __global__`` kernel: name, params, file, whether it syncs.
+
+    ``uses_barriers``: the kernel reaches __syncthreads or a warp collective (shuffle, vote,
+    __syncwarp, tc.cuh's mma/ldmatrix), so the emulator runs its threads as fibers.
+    """
 
     name: str
     params: tuple[KernelParam, ...]
@@ -59,16 +63,20 @@ class KernelSignature:
 
 
 def kernel_dir() -> Path:
-    """The folder that holds the *.cu sources (installed package or source checkout)."""
+    """The folder that holds the *.cu sources (source checkout or installed package).
+
+    The checkout next to the imported ``gpucnn`` comes first: an editable install of
+    another checkout maps ``gpucnn.kernels`` to *its* kernels/, which must not shadow ours.
+    """
+    import gpucnn
+
+    candidates = [Path(gpucnn.__file__).resolve().parent.parent / "kernels"]
     try:
         import gpucnn.kernels as package
 
-        candidates = [Path(p) for p in getattr(package, "__path__", [])]
+        candidates += [Path(p) for p in getattr(package, "__path__", [])]
     except ImportError:
-        candidates = []
-    import gpucnn
-
-    candidates.append(Path(gpucnn.__file__).resolve().parent.parent / "kernels")
+        pass
     for folder in candidates:
         if any(folder.glob("*.cu")):
             return folder
@@ -125,9 +133,15 @@ def _body(text: str, start: int) -> str:
 
 _FUNCTION = re.compile(r"\b(\w+)\s*\([^;{}()]*\)\s*\{")
 
+# Calls that make threads wait for each other: a block barrier or a warp collective.
+_SYNC_CALL = re.compile(
+    r"\b(?:__syncthreads|__syncwarp|__shfl(?:_up|_down|_xor)?_sync|__ballot_sync|__any_sync|__all_sync"
+    r"|tc_mma_\w+|tc_ldmatrix_\w+)\s*\("
+)
+
 
 def _syncing_helpers(code: str) -> set[str]:
-    """Names of functions in ``code`` that reach __syncthreads, directly or through another."""
+    """Names of functions in ``code`` that reach a barrier or warp collective, directly or not."""
     bodies = {}
     for match in _FUNCTION.finditer(code):
         if match.group(1) in ("if", "for", "while", "switch"):
@@ -136,7 +150,7 @@ def _syncing_helpers(code: str) -> set[str]:
             bodies[match.group(1)] = _body(code, match.end() - 1)
         except ValueError:
             continue
-    syncing = {name for name, body in bodies.items() if "__syncthreads" in body}
+    syncing = {name for name, body in bodies.items() if _SYNC_CALL.search(body)}
     changed = True
     while changed:
         changed = False
@@ -150,8 +164,8 @@ def _syncing_helpers(code: str) -> set[str]:
 def parse_kernels(text: str, file: str, headers: dict[str, str] | None = None) -> list[KernelSignature]:
     """Every ``extern "C" __global__`` kernel in one source file, in file order.
 
-    A kernel "uses barriers" when its body calls __syncthreads or a helper function (in
-    the file or in an included header) that does.
+    A kernel "uses barriers" when its body calls __syncthreads or a warp collective, or a
+    helper function (in the file or in an included header) that does.
     """
     code = strip_comments(text)
     included = "".join(
@@ -168,7 +182,7 @@ def parse_kernels(text: str, file: str, headers: dict[str, str] | None = None) -
         if params_text and params_text != "void":
             params = tuple(_parse_param(p, name, file) for p in params_text.split(","))
         body = _body(code, match.end())
-        uses = "__syncthreads" in body or any(re.search(rf"\b{s}\s*\(", body) for s in syncing)
+        uses = bool(_SYNC_CALL.search(body)) or any(re.search(rf"\b{s}\s*\(", body) for s in syncing)
         found.append(KernelSignature(name, tuple(params), file, uses))
     return found
 
