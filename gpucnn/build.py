@@ -160,6 +160,7 @@ class Run:
     test_loader: object
     schedule: LRSchedule | None
     checkpoint: object | None = None
+    parallel: object | None = None  # gpucnn.distributed.DataParallel when built for a world
 
 
 def normalization(config: dict, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -205,18 +206,24 @@ def build_augment(config: dict):
 
 
 def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backend=None,
-              eval_batch_size: int | None = None, checkpoint_path="checkpoint") -> Run:
+              eval_batch_size: int | None = None, checkpoint_path="checkpoint", world=None) -> Run:
     """Assemble a run of validated ``config`` on ``dataset`` (a gpucnn.data.Dataset).
 
     ``checkpoint`` (a loaded Checkpoint): its normalization, params, optimizer state and
     progress are restored, and the whitening layer keeps its saved filters instead of being
     fitted again. ``train=False`` builds no training loader or schedule (evaluation).
     ``backend`` defaults to the current one; the model's arrays live there.
+    ``world`` (gpucnn.distributed.World): the run is one rank of a data-parallel job; its
+    device is bound first and ``Run.parallel`` holds its ``DataParallel``.
     """
     from gpucnn.checkpoint import restore
     from gpucnn.data import BatchLoader
 
     backend = backend or get_backend()
+    if world is not None:
+        from gpucnn.distributed import bind_device
+
+        bind_device(world, backend)
     data, seed = config["data"], config["training"]["seed"]
     if checkpoint is not None:
         mean, std = np.asarray(checkpoint.mean), np.asarray(checkpoint.std)
@@ -235,5 +242,10 @@ def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backen
         schedule = schedule_from_config(config, len(train_loader))
     test_loader = BatchLoader(dataset.x_test, dataset.y_test, eval_batch_size or data["eval_batch_size"], backend,
                               mean, std, shuffle=False)
-    return Run(config, dataset, model, optimizer, build_loss(config), mean, std, train_loader, test_loader,
-               schedule, checkpoint)
+    run = Run(config, dataset, model, optimizer, build_loss(config), mean, std, train_loader, test_loader,
+              schedule, checkpoint)
+    if world is not None:
+        from gpucnn.distributed import distribute_run
+
+        run.parallel = distribute_run(run, world)
+    return run

@@ -35,7 +35,6 @@ from gpucnn.build import Run
 from gpucnn.checkpoint import Progress, save_checkpoint
 from gpucnn.config import write_config
 from gpucnn.errors import TrainingError
-from gpucnn.evaluate import evaluate_model
 from gpucnn.metrics import MetricsLog, RunningMetrics
 
 
@@ -47,6 +46,14 @@ def dropout_seed(seed: int, epoch: int, step: int, layer_index: int) -> int:
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for a device out-of-memory error (CuPy's OutOfMemoryError and kin), found by class name."""
     return any("OutOfMemory" in cls.__name__ for cls in type(exc).__mro__)
+
+
+def _single_process(run: Run):
+    """The DataParallel of a world of one: every hook is the single-process behaviour."""
+    from gpucnn.distributed import DataParallel, single_world
+
+    return DataParallel(single_world(), run.model, run.train_loader.backend, run.train_loader.num_samples,
+                        run.train_loader.batch_size)
 
 
 @dataclass
@@ -114,6 +121,9 @@ class Trainer:
         self.progress = run.checkpoint.progress if run.checkpoint is not None else Progress()
         self._stop = _StopFlag()
         self.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl")
+        self.parallel = run.parallel if run.parallel is not None else _single_process(run)
+        if not self.parallel.is_writer:  # rank 0 alone prints and writes
+            self.echo, self.progress_bar = (lambda line: None), False
 
     # ------------------------------------------------------------------ control
 
@@ -132,21 +142,27 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> FitResult:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.out_dir / "config.toml", self.config)
+        if self.parallel.is_writer:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_config(self.out_dir / "config.toml", self.config)
         self.metrics_log.load_before(self.progress.epoch + 1)
         last_record = None
+        undo_sigterm = self.parallel.install_sigterm(self.request_stop)
         # Overflow on the numpy backend shows up as a non-finite loss, reported by _check_finite.
         with self._stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while self.progress.epoch < self.epochs:
                 record = self._run_epoch(self.progress.epoch)
                 if record is None:
+                    undo_sigterm()
                     return FitResult("interrupted", self.progress.epoch, self.progress.best_test_acc, last_record)
                 last_record = record
+                self._stop.requested = self.parallel.agree_stop(self._stop.requested)
                 if self._stop.requested and self.progress.epoch < self.epochs:
+                    undo_sigterm()
                     self.echo(f"interrupted: saved {self.last_path} (end of epoch {self.progress.epoch}); "
                               f"continue with: gpucnn train --resume {self.last_path}")
                     return FitResult("interrupted", self.progress.epoch, self.progress.best_test_acc, last_record)
+        undo_sigterm()
         return FitResult("completed", self.progress.epoch, self.progress.best_test_acc, last_record)
 
     def _run_epoch(self, epoch: int) -> dict | None:
@@ -155,7 +171,7 @@ class Trainer:
         log_every = self.config["training"]["log_every"]
         steps = len(self.train_loader)
         skip = progress.step_in_epoch
-        running = RunningMetrics(self.backend, progress.partial_sums if skip else None)
+        running = self.parallel.running_metrics(self.backend, progress.partial_sums if skip else None)
         self.train_loader.set_epoch(epoch)
         bar = self._open_bar(epoch, steps, skip)
         lr = self.schedule(max(progress.global_step - 1, 0))  # the lr of the last step taken
@@ -176,6 +192,7 @@ class Trainer:
                     self._report_progress(running, epoch, step, steps, lr, timed_images, start, bar)
                 if self.on_step is not None:
                     self.on_step(self)
+                self._stop.requested = self.parallel.agree_stop(self._stop.requested)
                 if self._stop.requested and step + 1 < steps:
                     self._check_finite(running, epoch, step, lr)
                     progress.partial_sums = running.sums()
@@ -196,8 +213,8 @@ class Trainer:
                   "steps": progress.global_step}
         evaluate = (epoch + 1) % self.config["training"]["eval_every"] == 0 or epoch + 1 == self.epochs
         if evaluate:
-            result = self._guard_oom(lambda: evaluate_model(self.model, self.loss_fn, self.test_loader,
-                                                            self.dataset.num_classes),
+            result = self._guard_oom(lambda: self.parallel.evaluate(self.model, self.loss_fn, self.test_loader,
+                                                                    self.dataset.num_classes),
                                      self.config["data"]["eval_batch_size"], "--set data.eval_batch_size=")
             record["test_loss"], record["test_acc"] = result.loss, result.accuracy
         progress.epoch = epoch + 1
@@ -209,17 +226,22 @@ class Trainer:
         self._save(self.last_path)
         if improved:
             self._save(self.best_path)
-        self.metrics_log.append(record)
+        if self.parallel.is_writer:
+            self.metrics_log.append(record)
         self.echo(self._summary_line(record))
         return record
 
     def _train_step(self, epoch: int, step: int, x, y, lr: float, running: RunningMetrics) -> None:
         def work():
             self.optimizer.lr = lr
-            self.model.set_step_seeds(lambda index: dropout_seed(self.seed, epoch, step, index))
+            if self.parallel.begin_step(step, int(y.shape[0])) == 0.0:  # this rank's slice is empty
+                self.parallel.skip_step()
+                self.optimizer.step()
+                return
+            self.model.set_step_seeds(lambda index: self.parallel.step_seed(dropout_seed(self.seed, epoch, step, index)))
             logits = self.model.forward(x, training=True)
             loss = self.loss_fn.forward(logits, y)
-            self.model.backward(self.loss_fn.backward(), input_grad=False)  # nothing uses d(loss)/d(images)
+            self.parallel.backward(self.loss_fn.backward())  # all-reduced over the ranks, if several
             self.optimizer.step()
             running.update(loss, logits, y)
 
@@ -258,6 +280,8 @@ class Trainer:
             return -1
 
     def _save(self, path: Path) -> None:
+        if not self.parallel.before_save(self.model):  # collective; rank 0 writes
+            return
         save_checkpoint(path, self.model, self.optimizer, self.config, self.progress, self.mean, self.std)
 
     # ------------------------------------------------------------------ output
