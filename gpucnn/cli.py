@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import os
 import platform
 import sys
 import time
@@ -97,8 +98,16 @@ def _device_option(f):
               help="Continue from a checkpoint (its config is used; options and --set still apply).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key by dotted name, e.g. --set optimizer.lr=0.05 (value as a TOML literal).")
-def train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overrides) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Data-parallel ranks to start on this machine (mpiexec of the mpi extra); "
+                   "data.batch_size stays the global batch.")
+def train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overrides, nproc) -> None:
     """Train a model from a config; writes config.toml, metrics.jsonl, last.npz and best.npz to --out."""
+    if nproc is not None and nproc > 1:
+        from gpucnn.distributed.launcher import relaunch
+
+        with user_errors():
+            sys.exit(relaunch(nproc, click.get_current_context()))
     with user_errors():
         status = _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, resume, overrides)
     if status == "interrupted":
@@ -109,8 +118,12 @@ def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, r
     from gpucnn.build import build_run
     from gpucnn.checkpoint import load_checkpoint
     from gpucnn.config import apply_overrides, load_config, validate_config
+    from gpucnn.distributed import detect_world
     from gpucnn.train import Trainer
 
+    world = detect_world()  # one rank of an mpiexec/srun job, or a world of one
+    if not world.is_root:  # rank 0 alone prints; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")
     checkpoint = None
     if resume:
         if config_source:
@@ -134,7 +147,8 @@ def _train(config_source, data_dir, device, epochs, batch_size, lr, seed, out, r
     dataset = _load_dataset(config)
     out_dir = Path(out) if out else (Path(resume).parent if resume else
                                      Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    trainer = Trainer(build_run(config, dataset, checkpoint, checkpoint_path=resume), out_dir, echo=click.echo)
+    trainer = Trainer(build_run(config, dataset, checkpoint, checkpoint_path=resume, world=world), out_dir,
+                      echo=click.echo)
     click.echo(f"device: {backend.device_name} ({backend.name} backend)")
     click.echo(f"data: {dataset.name}, {len(dataset.y_train)} train / {len(dataset.y_test)} test images "
                f"{dataset.image_shape}, {len(trainer.train_loader)} batches of {config['data']['batch_size']}")
