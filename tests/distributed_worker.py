@@ -3,7 +3,8 @@
   core OUT            float64 LeNet-5 and a BatchNorm model (sync_batchnorm) trained by a hand
                       loop with DataParallel; writes OUT/core-rank{r}.npz
   trainer OUT [opts]  the Trainer on a small digits subset (build_run(world=...)); options:
-                      --resume CKPT, --stop-at STEP, --kill-rank R --kill-at STEP, --sync-bn
+                      --resume CKPT, --stop-at STEP, --kill-rank R --kill-at STEP [--kill-signal
+                      KILL|TERM], --sync-bn
 The same functions build the single-process references in the tests.
 """
 
@@ -128,7 +129,7 @@ def run_trainer(out, world=None, resume=None, stop_at=None, kill=None, sync_bn=F
     def on_step(trainer):
         step = trainer.progress.global_step
         if kill is not None and world is not None and world.rank == kill[0] and step == kill[1]:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), kill[2])
         if stop_at is not None and step == stop_at:
             trainer.request_stop()
 
@@ -147,6 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stop-at", type=int)
     parser.add_argument("--kill-rank", type=int)
     parser.add_argument("--kill-at", type=int)
+    parser.add_argument("--kill-signal", choices=("KILL", "TERM"), default="KILL")
     parser.add_argument("--sync-bn", action="store_true")
     args = parser.parse_args(argv)
     world = detect_world()
@@ -157,7 +159,9 @@ def main(argv=None) -> int:
             states = {f"{name}/{k}": v for name in CORE for k, v in core_train(name, world).items()}
             np.savez(out / f"core-rank{world.rank}.npz", **states)
             return 0
-        kill = (args.kill_rank, args.kill_at) if args.kill_at is not None else None
+        kill = None
+        if args.kill_at is not None:
+            kill = (args.kill_rank, args.kill_at, getattr(signal, f"SIG{args.kill_signal}"))
         trainer, result = run_trainer(out, world, args.resume, args.stop_at, kill, args.sync_bn)
         np.savez(out / f"trainer-rank{world.rank}.npz", **trainer.model.state_dict())
         return 0 if result.status == "completed" else 3

@@ -132,6 +132,20 @@ def test_a_killed_rank_ends_the_job_with_an_error_in_bounded_time(tmp_path):
     assert not (tmp_path / "trainer-rank0.npz").exists()  # rank 0 did not finish as if nothing happened
 
 
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step_and_saves_once(tmp_path, single_run):
+    rc, err = mpirun(2, "trainer", tmp_path, "--kill-rank", 1, "--kill-at", 4, "--kill-signal", "TERM")
+    assert rc == 3, err  # both ranks returned "interrupted"
+    from gpucnn.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "last.npz")
+    assert (ckpt.progress.epoch, ckpt.progress.step_in_epoch) == (0, 4)
+    rank0, rank1 = np.load(tmp_path / "trainer-rank0.npz"), np.load(tmp_path / "trainer-rank1.npz")
+    for key in rank0.files:  # stopped after the same step
+        np.testing.assert_array_equal(rank0[key], rank1[key])
+    _, result = run_trainer(tmp_path, resume=tmp_path / "last.npz")
+    _close(_params(tmp_path / "last.npz"), _params(single_run / "last.npz"))
+
+
 def test_nproc_starts_the_ranks_itself(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
