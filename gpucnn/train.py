@@ -183,7 +183,7 @@ class Trainer:
                     continue
                 lr = self.schedule(progress.global_step)
                 self._train_step(epoch, step, x, y, lr, running)
-                timed_images += int(y.shape[0])
+                timed_images += self.parallel.global_batch(int(y.shape[0]))
                 progress.global_step += 1
                 progress.step_in_epoch = step + 1
                 if bar is not None:

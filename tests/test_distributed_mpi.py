@@ -78,6 +78,7 @@ def test_two_ranks_run_the_trainer_as_one_process(tmp_path, single_run):
     theirs = [json.loads(line) for line in (single_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in ours] == [1, 2] and [r["steps"] for r in ours] == [r["steps"] for r in theirs]
     for a, b in zip(ours, theirs):
+        assert a["images_per_s"] * a["seconds"] == pytest.approx(96)  # counts the global batch, not a slice
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-4)
         assert a["train_acc"] == b["train_acc"] and a["test_acc"] == b["test_acc"]

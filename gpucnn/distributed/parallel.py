@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from gpucnn.distributed.slicing import slice_weight
+from gpucnn.distributed.slicing import global_batch_size, slice_weight
 from gpucnn.distributed.world import DistributedError, World, single_world
 
 
@@ -42,7 +42,7 @@ class DataParallel:
         self.num_samples, self.batch_size = int(num_samples), int(batch_size)
         self.active = world.size > 1 or force
         self.sync_batchnorm = bool(sync_batchnorm) and self.active
-        self.weight, self.offset = 1.0, 0
+        self.weight, self.offset, self._step = 1.0, 0, 0
         self.host = self.grads_comm = self.buckets = None
         self._bn_syncs = []
         if not self.active:
@@ -82,6 +82,7 @@ class DataParallel:
         """The weight n_r / n of this rank's slice of global batch ``step`` (1.0 when inactive)."""
         if not self.active:
             return 1.0
+        self._step = int(step)
         self.weight, n_r, self.offset = slice_weight(self.num_samples, self.batch_size, step,
                                                      self.world.rank, self.world.size)
         if n_r != int(local_batch):
@@ -90,6 +91,12 @@ class DataParallel:
         for sync in self._bn_syncs:
             sync.weight = self.weight
         return self.weight
+
+    def global_batch(self, local_batch: int) -> int:
+        """Samples in the global batch of the last ``begin_step`` (``local_batch`` when inactive)."""
+        if not self.active:
+            return int(local_batch)
+        return global_batch_size(self.num_samples, self.batch_size, self._step)
 
     def step_seed(self, seed: int) -> int:
         """A randomized layer's seed for this rank's slice (world-size independent only at offset 0)."""
