@@ -201,6 +201,7 @@ class Run:
     checkpoint: object | None = None
     val_loader: object | None = None  # None when the dataset has no validation set
     ema: object | None = None  # gpucnn.ema.EMA when training.ema.decay > 0
+    parallel: object | None = None  # gpucnn.distributed.DataParallel when built for a world
 
 
 def build_dataset(config: dict, progress: bool = False, echo=None):
@@ -272,18 +273,24 @@ def restored_model(checkpoint, input_shape, num_classes: int, path=None) -> Sequ
 
 
 def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backend=None,
-              eval_batch_size: int | None = None, checkpoint_path="checkpoint") -> Run:
+              eval_batch_size: int | None = None, checkpoint_path="checkpoint", world=None) -> Run:
     """Assemble a run of validated ``config`` on ``dataset`` (a gpucnn.data.Dataset).
 
     ``checkpoint`` (a loaded Checkpoint): its normalization, params, optimizer state and
     progress are restored, and the whitening layer keeps its saved filters instead of being
     fitted again. ``train=False`` builds no training loader or schedule (evaluation).
     ``backend`` defaults to the current one; the model's arrays live there.
+    ``world`` (gpucnn.distributed.World): the run is one rank of a data-parallel job; its
+    device is bound first and ``Run.parallel`` holds its ``DataParallel``.
     """
     from gpucnn.checkpoint import restore
     from gpucnn.data import BatchLoader
 
     backend = backend or get_backend()
+    if world is not None:
+        from gpucnn.distributed import bind_device
+
+        bind_device(world, backend)
     data, seed = config["data"], config["training"]["seed"]
     if checkpoint is not None:
         mean, std = np.asarray(checkpoint.mean), np.asarray(checkpoint.std)
@@ -309,5 +316,10 @@ def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backen
     val_loader = None
     if getattr(dataset, "x_val", None) is not None and len(dataset.y_val):
         val_loader = BatchLoader(dataset.x_val, dataset.y_val, eval_batch, backend, mean, std, shuffle=False)
-    return Run(config, dataset, model, optimizer, build_loss(config), mean, std, train_loader, test_loader,
-               schedule, checkpoint, val_loader, ema)
+    run = Run(config, dataset, model, optimizer, build_loss(config), mean, std, train_loader, test_loader,
+              schedule, checkpoint, val_loader, ema)
+    if world is not None:
+        from gpucnn.distributed import distribute_run
+
+        run.parallel = distribute_run(run, world)
+    return run

@@ -105,9 +105,17 @@ def _device_option(f):
               help="Allow --out to replace a run already there (or to resume from an older checkpoint of it).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key by dotted name, e.g. --set optimizer.lr=0.05 (value as a TOML literal).")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="Data-parallel ranks to start on this machine (mpiexec of the mpi extra); "
+                   "data.batch_size stays the global batch.")
 def train(config_source, data_dir, dataset, device, epochs, batch_size, lr, seed, out, resume, overwrite,
-          overrides) -> None:
+          overrides, nproc) -> None:
     """Train a model from a config; writes config.toml, metrics.jsonl, last.npz and best.npz to --out."""
+    if nproc is not None and nproc > 1:
+        from gpucnn.distributed.launcher import relaunch
+
+        with user_errors():
+            sys.exit(relaunch(nproc, click.get_current_context()))
     with user_errors():
         result = _train(config_source, data_dir, dataset, device, epochs, batch_size, lr, seed, out, resume,
                         overwrite, overrides)
@@ -126,8 +134,12 @@ def _train(config_source, data_dir, dataset_name, device, epochs, batch_size, lr
     from gpucnn.checkpoint import load_checkpoint
     from gpucnn.config import apply_overrides, load_config, validate_config
     from gpucnn.rundir import check_out_dir, prepare_out_dir
+    from gpucnn.distributed import detect_world
     from gpucnn.train import Trainer
 
+    world = detect_world()  # one rank of an mpiexec/srun job, or a world of one
+    if not world.is_root:  # rank 0 alone prints; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")
     checkpoint = None
     if resume:
         if config_source:
@@ -151,11 +163,13 @@ def _train(config_source, data_dir, dataset_name, device, epochs, batch_size, lr
     out_dir = Path(out) if out else (Path(resume).parent if resume else
                                      Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     # Before any data is loaded or backend started: never lose an earlier run, fail fast on a bad --out.
-    check_out_dir(out_dir, Path(resume) if resume else None, overwrite)
-    prepare_out_dir(out_dir, clear=overwrite and not resume)
+    if world.is_root:
+        check_out_dir(out_dir, Path(resume) if resume else None, overwrite)
+        prepare_out_dir(out_dir, clear=overwrite and not resume)
     backend = backend_module.set_backend(_device(device, config))
     dataset = _load_dataset(config)
-    trainer = Trainer(build_run(config, dataset, checkpoint, checkpoint_path=resume), out_dir, echo=click.echo)
+    trainer = Trainer(build_run(config, dataset, checkpoint, checkpoint_path=resume, world=world), out_dir,
+                      echo=click.echo)
     click.echo(f"device: {backend.device_name} ({backend.name} backend)")
     val = f" / {len(dataset.y_val)} validation" if dataset.x_val is not None else ""
     click.echo(f"data: {dataset.name}, {len(dataset.y_train)} train{val} / {len(dataset.y_test)} test images "

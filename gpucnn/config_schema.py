@@ -254,7 +254,11 @@ GROUP_FIELDS = {
 }
 
 SCHEMA: dict[str, dict[str, Field]] = {
-    "model": {"layers": Field(check_layers, required=True)},
+    "model": {
+        "layers": Field(check_layers, required=True),
+        # data-parallel ranks: BatchNorm statistics over the global batch (all-reduced) instead of each rank's
+        "sync_batchnorm": Field(boolean, False),
+    },
     "data": {
         "dataset": Field(choice(*DATASETS), "cifar10"),
         "data_dir": Field(string, ""),

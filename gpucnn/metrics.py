@@ -115,9 +115,8 @@ class MetricsLog:
         self.records.append(record)
 
     def replace(self, records: list[dict]) -> None:
-        """Make ``records`` the whole log (a resumed run's history, from its checkpoint) and write it."""
+        """Make ``records`` the whole log (a resumed run's history, from its checkpoint); ``write`` saves it."""
         self.records = [dict(r) for r in records]
-        self.write()
 
     def write(self) -> None:
         write_text_atomic(self.path, jsonl_text(self.records))

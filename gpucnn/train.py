@@ -37,7 +37,6 @@ from gpucnn.build import Run
 from gpucnn.checkpoint import Progress, save_checkpoint
 from gpucnn.config import write_config
 from gpucnn.errors import ConfigError, TrainingError
-from gpucnn.evaluate import evaluate_model
 from gpucnn.metrics import MetricsLog, RunningMetrics
 from gpucnn.optim import clip_grad_norm
 from gpucnn.rundir import checkpoint_epoch, prepare_out_dir
@@ -55,6 +54,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """True for running out of memory: host (MemoryError, the numpy backend) or device (CuPy's
     OutOfMemoryError and kin, found by class name)."""
     return isinstance(exc, MemoryError) or any("OutOfMemory" in cls.__name__ for cls in type(exc).__mro__)
+
+
+def _single_process(run: Run):
+    """The DataParallel of a world of one: every hook is the single-process behaviour."""
+    from gpucnn.distributed import DataParallel, single_world
+
+    return DataParallel(single_world(), run.model, run.train_loader.backend, run.train_loader.num_samples,
+                        run.train_loader.batch_size)
 
 
 @dataclass
@@ -146,6 +153,9 @@ class Trainer:
             )
         self._stop = _StopFlag()
         self.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl")
+        self.parallel = run.parallel if run.parallel is not None else _single_process(run)
+        if not self.parallel.is_writer:  # rank 0 alone prints and writes
+            self.echo, self.progress_bar = (lambda line: None), False
 
     # ------------------------------------------------------------------ control
 
@@ -164,8 +174,9 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> FitResult:
-        prepare_out_dir(self.out_dir)
-        write_config(self.out_dir / "config.toml", self.config)
+        if self.parallel.is_writer:
+            prepare_out_dir(self.out_dir)
+            write_config(self.out_dir / "config.toml", self.config)
         self._restore_metrics()
         last_record = None
         # Overflow on the numpy backend shows up as a non-finite loss, reported by _check_finite.
@@ -175,6 +186,7 @@ class Trainer:
                 if record is None:
                     return self._interrupted(last_record)
                 last_record = record
+                self._stop.requested = self.parallel.agree_stop(self._stop.requested)
                 if self.progress.epoch < self.epochs and self.should_stop_early():
                     rule = self.config["training"]["early_stopping"]
                     self.echo(f"early stopping: {rule['metric']} has not improved for {rule['patience']} epochs")
@@ -195,6 +207,8 @@ class Trainer:
         checkpoint = self.run.checkpoint
         if checkpoint is not None and checkpoint.history:
             self.metrics_log.replace([r for r in checkpoint.history if r.get("epoch", 0) <= self.progress.epoch])
+            if self.parallel.is_writer:
+                self.metrics_log.write()
         else:
             self.metrics_log.load_before(self.progress.epoch + 1)
 
@@ -204,7 +218,7 @@ class Trainer:
         log_every = self.config["training"]["log_every"]
         steps = len(self.train_loader)
         skip = progress.step_in_epoch
-        running = RunningMetrics(self.backend, progress.partial_sums if skip else None)
+        running = self.parallel.running_metrics(self.backend, progress.partial_sums if skip else None)
         self.train_loader.set_epoch(epoch)
         bar = self._open_bar(epoch, steps, skip)
         lr = self.schedule(max(progress.global_step - 1, 0))  # the lr of the last step taken
@@ -216,7 +230,7 @@ class Trainer:
                     continue
                 lr = self.schedule(progress.global_step)
                 self._train_step(epoch, step, x, y, lr, running)
-                timed_images += int(y.shape[0])
+                timed_images += self.parallel.global_batch(int(y.shape[0]))
                 progress.global_step += 1
                 progress.step_in_epoch = step + 1
                 if bar is not None:
@@ -225,6 +239,7 @@ class Trainer:
                     self._report_progress(running, epoch, step, steps, lr, timed_images, start, bar)
                 if self.on_step is not None:
                     self.on_step(self)
+                self._stop.requested = self.parallel.agree_stop(self._stop.requested)
                 if self._stop.requested and step + 1 < steps:
                     self._check_finite(running, epoch, step, lr)
                     progress.partial_sums = running.sums()
@@ -263,7 +278,8 @@ class Trainer:
         self._save(self.last_path)
         if improved:
             self._save(self.best_path)
-        self.metrics_log.write()
+        if self.parallel.is_writer:
+            self.metrics_log.write()
         self.echo(self._summary_line(record))
         return record
 
@@ -283,19 +299,23 @@ class Trainer:
         """Fill ``record``'s val_* (when there is a validation set) and test_* loss and accuracy."""
         for split, loader in (("val", self.run.val_loader), ("test", self.test_loader)):
             if loader is not None:
-                result = self._guard_oom(lambda: evaluate_model(self.model, self.loss_fn, loader,
-                                                                self.dataset.num_classes),
+                result = self._guard_oom(lambda: self.parallel.evaluate(self.model, self.loss_fn, loader,
+                                                                        self.dataset.num_classes),
                                          self.config["data"]["eval_batch_size"], "--set data.eval_batch_size=")
                 record[f"{split}_loss"], record[f"{split}_acc"] = result.loss, result.accuracy
 
     def _train_step(self, epoch: int, step: int, x, y, lr: float, running: RunningMetrics) -> None:
         def work():
             self.optimizer.lr = lr
-            self.model.set_step_seeds(lambda index: dropout_seed(self.seed, epoch, step, index))
+            if self.parallel.begin_step(step, int(y.shape[0])) == 0.0:  # this rank's slice is empty
+                self.parallel.skip_step()
+                self.optimizer.step()
+                return
+            self.model.set_step_seeds(lambda index: self.parallel.step_seed(dropout_seed(self.seed, epoch, step, index)))
             logits = self.model.forward(x, training=True)
             loss = self.loss_fn.forward(logits, y)
-            self.model.backward(self.loss_fn.backward(), input_grad=False)  # nothing uses d(loss)/d(images)
-            if self.clip_norm:
+            self.parallel.backward(self.loss_fn.backward())  # all-reduced over the ranks, if several
+            if self.clip_norm:  # of the whole (all-reduced) gradient
                 clip_grad_norm(self.model, self.clip_norm)
             self.optimizer.step()
             if self.run.ema is not None:
@@ -331,6 +351,8 @@ class Trainer:
 
     def _save(self, path: Path) -> None:
         """Write a checkpoint (atomically: on failure the previous file at ``path`` is untouched)."""
+        if not self.parallel.before_save(self.model):  # collective; rank 0 writes
+            return
         try:
             save_checkpoint(path, self.model, self.optimizer, self.config, self.progress, self.mean, self.std,
                             classes=self.dataset.classes, input_shape=self.dataset.image_shape,

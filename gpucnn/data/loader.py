@@ -16,6 +16,7 @@ import numpy as np
 
 from gpucnn.backend import Backend, get_backend
 from gpucnn.data.augment import Augment, gather_augmented
+from gpucnn.distributed.slicing import shard_slice
 
 
 class BatchLoader:
@@ -81,6 +82,14 @@ class BatchLoader:
         self._mean = self.backend.asarray(mean.astype(np.float32).reshape(1, channels, 1, 1))
         self._std = self.backend.asarray(std.astype(np.float32).reshape(1, channels, 1, 1))
         self._xp = xp
+        self.shard: tuple[int, int] | None = None
+
+    def set_shard(self, rank: int, size: int) -> None:
+        """Serve only ``rank``'s slice of every batch (gpucnn.distributed.slicing); ``len`` is unchanged."""
+        from gpucnn.distributed.slicing import check_rank
+
+        check_rank(rank, size)
+        self.shard = None if size == 1 else (rank, size)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -121,6 +130,8 @@ class BatchLoader:
             flip_dev, dy_dev, dx_dev = to_device(params.flip), to_device(params.dy), to_device(params.dx)
         for b in range(len(self)):
             part = slice(b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples))
+            if self.shard is not None:
+                part = shard_slice(part, *self.shard)
             idx = order_dev[part]
             if params is None:
                 images = self.x[idx]

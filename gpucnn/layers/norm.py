@@ -35,6 +35,9 @@ class BatchNorm2D(Layer):
         self.running_mean = self.backend.asarray(np.zeros(num_features, dtype=self.dtype))
         self.running_var = self.backend.asarray(np.ones(num_features, dtype=self.dtype))
         self._cache = None
+        # Set by gpucnn.distributed for model.sync_batchnorm: an object with this layer's two
+        # training ops (same signatures) that uses the statistics of the global batch.
+        self.stats_sync = None
 
     def _gamma_beta(self):
         if self.affine:
@@ -58,8 +61,10 @@ class BatchNorm2D(Layer):
         if x.shape[0] * x.shape[2] * x.shape[3] < 2:
             raise ValueError(f"{self.name}: training needs more than 1 value per channel, got input shape {tuple(x.shape)}")
         # The op updates the running statistics in place (on the kernel backends inside the
-        # launch that combines the batch statistics): no new arrays per step.
-        y, mean, invstd, _ = self.ops.batchnorm2d_forward(
+        # launch that combines the batch statistics): no new arrays per step. With
+        # sync_batchnorm (data-parallel ranks) the statistics are those of the global batch.
+        ops = self.ops if self.stats_sync is None else self.stats_sync
+        y, mean, invstd, _ = ops.batchnorm2d_forward(
             x, gamma, beta, self.eps, running_mean=self.running_mean, running_var=self.running_var,
             momentum=self.momentum,
         )
@@ -71,7 +76,8 @@ class BatchNorm2D(Layer):
             raise RuntimeError(f"{self.name}: backward needs a training-mode forward first")
         x, mean, invstd = self._cache
         gamma, _ = self._gamma_beta()
-        dx, dgamma, dbeta = self.ops.batchnorm2d_backward(dy, x, gamma, mean, invstd)
+        ops = self.ops if self.stats_sync is None else self.stats_sync
+        dx, dgamma, dbeta = ops.batchnorm2d_backward(dy, x, gamma, mean, invstd)
         if self.affine:
             self.grads["gamma"] = dgamma
             self.grads["beta"] = dbeta
