@@ -19,7 +19,6 @@ import numpy as np
 from gpucnn.checks import finite_number
 from gpucnn.clip import clip_grad_norm  # noqa: F401  (re-exported: optim.clip_grad_norm)
 
-
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")  # the one owner of optimizer names (config optimizer.name)
 
 
@@ -28,8 +27,8 @@ class Optimizer:
 
     ``groups``: list of {"kind": "weight"|"bias", "layer": class name, "lr_scale": float,
     "weight_decay": float}; a param takes the first group whose given keys all match ("layer"
-    ignores case), and
-    a group without "weight_decay" keeps the default (``weight_decay`` on weights, 0 on biases).
+    ignores case), and a group without "weight_decay" keeps the default (``weight_decay`` on
+    weights, 0 on biases).
     """
 
     _GROUP_KEYS = {"kind", "layer", "lr_scale", "weight_decay"}
