@@ -31,8 +31,8 @@ class Optimizer:
 
     ``groups``: list of {"kind": "weight"|"bias", "layer": class name, "lr_scale": float,
     "weight_decay": float}; a param takes the first group whose given keys all match ("layer"
-    ignores case), and
-    a group without "weight_decay" keeps the default (``weight_decay`` on weights, 0 on biases).
+    ignores case), and a group without "weight_decay" keeps the default (``weight_decay`` on
+    weights, 0 on biases).
     """
 
     _GROUP_KEYS = {"kind", "layer", "lr_scale", "weight_decay"}
