@@ -287,6 +287,8 @@ def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backen
     from gpucnn.data import BatchLoader
 
     backend = backend or get_backend()
+    if hasattr(backend.ops, "deterministic"):  # the kernel backends; NumPy is deterministic already
+        backend.ops.deterministic = config["training"]["deterministic"]
     if world is not None:
         from gpucnn.distributed import bind_device
 

@@ -208,13 +208,15 @@ def _load_dataset(config: dict):
 @_device_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Evaluation batch size.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average the prediction with the mirrored image.")
-def evaluate(checkpoint, data_dir, device, batch_size, tta) -> None:
+@click.option("--confusion", "confusion_path", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+              help="Also draw the confusion matrix with class names (needs matplotlib: gpucnn[plot]).")
+def evaluate(checkpoint, data_dir, device, batch_size, tta, confusion_path) -> None:
     """Test loss, accuracy and per-class accuracy of a checkpoint (its config says model and data)."""
     with user_errors():
-        _evaluate(checkpoint, data_dir, device, batch_size, tta)
+        _evaluate(checkpoint, data_dir, device, batch_size, tta, confusion_path)
 
 
-def _evaluate(path, data_dir, device, batch_size, tta) -> None:
+def _evaluate(path, data_dir, device, batch_size, tta, confusion_path=None) -> None:
     from gpucnn.build import build_run
     from gpucnn.checkpoint import load_checkpoint
     from gpucnn.evaluate import evaluate_model
@@ -238,11 +240,67 @@ def _evaluate(path, data_dir, device, batch_size, tta) -> None:
     click.echo(f"test loss {result.loss:.4f}  accuracy {100 * result.accuracy:.2f}%  "
                f"({len(dataset.y_test)} images{', mirrored TTA' if tta else ''}, {seconds:.1f}s)")
     click.echo(per_class_table(result.confusion, dataset.classes))
+    if confusion_path:
+        from gpucnn.plots import confusion_figure
+
+        written = confusion_figure(result.confusion, dataset.classes, confusion_path,
+                                   title=f"{Path(path).name}: test accuracy {100 * result.accuracy:.2f}%")
+        click.echo(f"wrote {written}")
 
 
 @cli.command()
-def info() -> None:
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per image.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout instead of the table.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@_device_option
+def predict(checkpoint, images, top_k, as_json, batch_size, device) -> None:
+    """Top-k classes of images (PNG/JPEG, or .npy/.npz arrays N,C,H,W or N,H,W,C) with a trained checkpoint."""
+    with user_errors():
+        from gpucnn.predict import predict_command
+
+        predict_command(checkpoint, list(images), top_k, as_json, batch_size, device, click.echo)
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="The .onnx file (default: the checkpoint's path with .onnx).")
+@click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True, help="ONNX opset.")
+def export(checkpoint, output, opset) -> None:
+    """Export a checkpoint's model to ONNX (needs gpucnn[onnx]); class names go into its metadata."""
+    with user_errors():
+        from gpucnn.export_onnx import export_command
+
+        export_command(checkpoint, output, opset, click.echo)
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="The PNG (default: RUN_DIR/curves.png for one run, runs.png for several).")
+def plot(run_dirs, output) -> None:
+    """Loss, accuracy and learning rate of one or several runs against epoch (needs gpucnn[plot])."""
+    with user_errors():
+        from gpucnn.plots import plot_command
+
+        plot_command(list(run_dirs), output, click.echo)
+
+
+@cli.command()
+@click.option("--data", "show_data", is_flag=True, help="Also list the datasets downloaded or cached, and where.")
+@click.option("--kernels", "show_kernels", is_flag=True,
+              help="Also the per-kernel ptxas/SASS table: registers, spills, shared memory, HMMA/LDSM/LDGSTS, "
+                   "occupancy on sm_80/sm_90 (needs NVRTC; about a minute).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where datasets are kept.")
+def info(show_data, show_kernels, data_dir) -> None:
     """Versions, the backend auto would pick and why, GPU, and whether the kernels compile."""
+    with user_errors():
+        _info(show_data, show_kernels, data_dir)
+
+
+def _info(show_data: bool, show_kernels: bool, data_dir) -> None:
     click.echo(f"gpucnn {gpucnn.__version__} ({Path(gpucnn.__file__).parent})")
     click.echo(f"python {platform.python_version()} ({sys.executable})")
     click.echo(f"numpy {np.__version__}")
@@ -260,6 +318,21 @@ def info() -> None:
         click.echo(f"backend (auto): numpy, because {reason}")
         click.echo("gpu: none")
     click.echo(f"kernels: {_kernel_check()}")
+    if show_kernels:
+        from gpucnn.cuda import nvrtc_check, sass_report
+
+        if nvrtc_check.load_nvrtc() is None:
+            click.echo("kernel table: not made: libnvrtc not found (pip install nvidia-cuda-nvrtc)")
+        else:
+            click.echo(sass_report.format_kernel_table(sass_report.kernel_report()))
+    if show_data:
+        from gpucnn.data import cached_datasets
+
+        rows = cached_datasets(data_dir)
+        if not rows:
+            click.echo("datasets: none downloaded or cached yet")
+        for name, path, size, status in rows:
+            click.echo(f"dataset {name:<14} {size / 2**20:9.1f} MiB  {status:<12} {path}")
 
 
 def _cupy_version() -> str:

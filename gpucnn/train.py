@@ -39,6 +39,7 @@ from gpucnn.config import write_config
 from gpucnn.errors import ConfigError, TrainingError
 from gpucnn.metrics import MetricsLog, RunningMetrics
 from gpucnn.optim import clip_grad_norm
+from gpucnn.plots import EpochCurves
 from gpucnn.rundir import checkpoint_epoch, prepare_out_dir
 
 
@@ -140,6 +141,7 @@ class Trainer:
         self.progress = run.checkpoint.progress if run.checkpoint is not None else Progress()
         self.monitor = "val_acc" if run.val_loader is not None else "train_acc"
         self.clip_norm = self.config["training"]["clip_grad_norm"]
+        self._curves = EpochCurves(self.out_dir, self.echo) if self.config["training"]["curves"] else None
         stopping = self.config["training"]["early_stopping"]
         if stopping["patience"] and stopping["metric"].startswith("val_") and run.val_loader is None:
             raise ConfigError("training.early_stopping.metric: val_* needs a validation set, but data.val_fraction "
@@ -280,6 +282,8 @@ class Trainer:
             self._save(self.best_path)
         if self.parallel.is_writer:
             self.metrics_log.write()
+            if self._curves is not None:
+                self._curves()
         self.echo(self._summary_line(record))
         return record
 

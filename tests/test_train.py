@@ -60,7 +60,8 @@ def test_cli_train_lenet_on_tiny_cifar_writes_everything(tmp_path, tiny_cifar):
     result = CliRunner().invoke(cli, ["train", "--data-dir", str(tiny_cifar), "--device", "cpu", "--epochs", "3",
                                       "--batch-size", "10", "--lr", "0.01", "--out", str(out), *TINY_LENET])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "config.toml", "last.npz", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "config.toml", "curves.png", "last.npz",
+                                                     "metrics.jsonl"]
     # the resolved config: the default LeNet-5 with the command-line values in it
     written = validate_config(tomllib.loads((out / "config.toml").read_text()))
     expected = validate_config(load_config("lenet5"))

@@ -92,17 +92,29 @@ def _command_argv() -> list[str]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write every figure as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write a markdown summary (for benchmarks/results/).")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Bar chart PNG of ours vs peers per op (needs matplotlib).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, metavar="PREFIX.png",
+              help="One bar chart per op group, PREFIX-<group>.png: ours vs peers with the ratio on the bars "
+                   "(needs matplotlib).")
+@click.option("--allreduce", is_flag=True,
+              help="Only all-reduce bandwidth over the shipped models' gradient sizes beside the ring bound "
+                   "(run under mpiexec -n N for N ranks).")
+@click.option("--link-gbps", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
+              help="Link bandwidth for --allreduce's ring bound (Gbit/s).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines, only the final table.")
 def bench(sets, shape_texts, batches, ops_text, device, repeats, warmup, variant_texts, all_variants, gate_batch,
           peers, sgemm_size, train, train_models, train_batch, train_images, json_path, markdown_path, plot_path,
-          quiet) -> None:
+          allreduce, link_gbps, quiet) -> None:
     """Benchmark the ops (checked against NumPy first) and training steps against NumPy and PyTorch.
 
     Without --set/--shape/--train, runs the lenet set. With only --train, runs only the
     training benchmark.
     """
+    if allreduce:
+        from gpucnn.distributed.bench import main as allreduce_main
+
+        with _one_line_errors():
+            sys.exit(allreduce_main(["--link-gbps", str(link_gbps), "--repeats", str(repeats), "--device",
+                                     "numpy" if device == "auto" else device]))
     from gpucnn.bench import shapes as shape_module
     from gpucnn.bench.kernels_bench import KernelBenchSettings, parse_variant_options, resolve_op_patterns
     from gpucnn.bench.train_bench import TrainSettings, model_config
@@ -141,5 +153,8 @@ def bench(sets, shape_texts, batches, ops_text, device, repeats, warmup, variant
             report.write_markdown(result, markdown_path)
             log(f"wrote {markdown_path}")
         if plot_path:
-            report.write_plot(result, plot_path)
-            log(f"wrote {plot_path}")
+            from gpucnn.plots import bench_figures
+
+            prefix = str(plot_path)[:-4] if str(plot_path).lower().endswith(".png") else str(plot_path)
+            for written in bench_figures(result["kernels"], prefix, result["device"]["name"]):
+                log(f"wrote {written}")

@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from gpucnn.atomic import atomic_open, atomic_path
+from gpucnn.atomic import atomic_open
 from gpucnn.errors import GpucnnError
 
 SCHEMA = "gpucnn-bench/1"
@@ -177,38 +177,3 @@ def render_markdown(result: dict) -> str:
 
 def write_markdown(result: dict, path) -> None:
     atomic_write(path, render_markdown(result).encode())
-
-
-def write_plot(result: dict, path) -> None:
-    """Bar chart of ms per op/shape: ours vs each peer (log scale). Needs matplotlib, which
-    ``runner.check_output_paths`` makes sure of before any timing."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = result.get("kernels") or []
-    if not records:
-        raise BenchOutputError("--plot: no kernel results to plot (run with --set/--shape)")
-    peers = peer_names(records)
-    series = [("ours" + (f" ({result['device']['backend']})"), [r["ours"]["ms"] for r in records])]
-    for name in peers:
-        series.append((name, [(r["peers"].get(name) or {}).get("ms") or float("nan") for r in records]))
-    labels = [f"{r['op']}{'[' + r['variant'] + ']' if r['variant'] else ''}\n{r['set']}/{r['layer']} N={r['params'].get('N', '-')}"
-              for r in records]
-    width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.6 * len(records) * len(series)), 6))
-    for i, (name, values) in enumerate(series):
-        ax.bar([j + i * width for j in range(len(records))], values, width, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(records))])
-    ax.set_xticklabels(labels, rotation=90, fontsize=6)
-    ax.set_yscale("log")
-    ax.set_ylabel("ms per call (median)")
-    ax.set_title(f"gpucnn bench on {result['device']['name']}")
-    ax.legend()
-    fig.tight_layout()
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=120)
-    finally:
-        plt.close(fig)

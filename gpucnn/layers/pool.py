@@ -50,7 +50,9 @@ class MaxPool2D(_Pool2D):
     def backward(self, dy, input_grad: bool = True):
         if self._x_shape is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
-        return self.ops.maxpool2d_backward(dy, self._argmax, self._x_shape)
+        # the window geometry lets a deterministic backend gather instead of scatter-add
+        return self.ops.maxpool2d_backward(dy, self._argmax, self._x_shape, self.kernel_size, self.stride,
+                                           self.padding)
 
 
 class AvgPool2D(_Pool2D):
