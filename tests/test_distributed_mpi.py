@@ -84,7 +84,7 @@ def test_two_ranks_run_the_trainer_as_one_process(tmp_path, single_run):
         assert a["train_acc"] == b["train_acc"] and a["test_acc"] == b["test_acc"]
     assert not (tmp_path / "trainer-rank1.npz").samefile(tmp_path / "trainer-rank0.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best.npz", "config.toml", "last.npz", "metrics.jsonl", "trainer-rank0.npz", "trainer-rank1.npz"]
+        "best.npz", "config.toml", "curves.png", "last.npz", "metrics.jsonl", "trainer-rank0.npz", "trainer-rank1.npz"]
 
 
 def test_a_two_rank_checkpoint_resumes_with_one_rank(tmp_path, single_run):
