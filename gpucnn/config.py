@@ -35,14 +35,18 @@ _KEY_PART = re.compile(r"^([A-Za-z_][A-Za-z0-9_-]*)((?:\[\d+\])*)$")
 
 
 def shipped_config_dir() -> Path:
-    """Directory of the configs shipped with gpucnn (package data, or the repo's configs/)."""
+    """Directory of the configs shipped with gpucnn: the checkout's configs/ next to the imported
+    package first (an editable install of another checkout must not shadow it), else package data."""
+    checkout = Path(__file__).resolve().parent.parent / "configs"
+    if any(checkout.glob("*.toml")):
+        return checkout
     try:
         path = Path(str(resources.files("gpucnn.configs")))
         if path.is_dir() and any(path.glob("*.toml")):
             return path
     except (ModuleNotFoundError, TypeError):
         pass
-    return Path(__file__).resolve().parent.parent / "configs"
+    return checkout
 
 
 def shipped_config_names() -> list[str]:
