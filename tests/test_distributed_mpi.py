@@ -160,3 +160,21 @@ def test_nproc_starts_the_ranks_itself(tmp_path):
     assert proc.stdout.count("device: ") == 1
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["steps"] == 6 and records[0]["test_acc"] > 0.3
+
+
+def test_bench_allreduce_reports_every_shipped_model_beside_the_ring_bound():
+    from gpucnn.config import shipped_config_names
+    from gpucnn.distributed.bench import gradient_sizes, ring_seconds
+
+    proc = subprocess.run([find_mpiexec(), "-n", "2", sys.executable, "-m", "gpucnn", "bench", "--allreduce",
+                           "--repeats", "2", "--link-gbps", "10"], capture_output=True, text=True, timeout=180,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("all-reduce over 2 ranks") and sum("all-reduce over" in line for line in lines) == 1
+    sizes = gradient_sizes()
+    for name in shipped_config_names():
+        row = next(line for line in lines if line.startswith(name + " "))
+        assert f"{sizes[name] / 1e6:.3f} MB" in row and "busbw" in row
+        bound_ms = float(row.split("ring bound")[1].split()[0])
+        assert bound_ms == pytest.approx(1e3 * ring_seconds(sizes[name], 2, 10e9 / 8), abs=1e-3)
