@@ -37,6 +37,17 @@ def cuda_backend():
         yield b
 
 
+@pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.gpu)])
+def kb(request):
+    """A kernel backend: emulated (always) and cuda (GPU machines); kernels vs the NumPy reference."""
+    if request.param == "cuda":
+        reason = backend_module.cuda_unavailable_reason()
+        if reason:
+            pytest.skip(f"no GPU: {reason}")
+    with backend_module.use_backend(request.param) as b:
+        yield b
+
+
 def pytest_collection_modifyitems(config, items):
     reason = backend_module.cuda_unavailable_reason()
     if reason is None:

@@ -18,17 +18,7 @@ from gpucnn.cuda import sources
 from gpucnn.ops import numpy_ops as ref
 from gpucnn.ops.kernel_ops import KernelOps
 
-BACKENDS = ["emulated", pytest.param("cuda", marks=pytest.mark.gpu)]
 
-
-@pytest.fixture(params=BACKENDS)
-def kb(request):
-    if request.param == "cuda":
-        reason = backend_module.cuda_unavailable_reason()
-        if reason:
-            pytest.skip(f"no GPU: {reason}")
-    with backend_module.use_backend(request.param) as b:
-        yield b
 
 
 def _f64(*arrays):

@@ -9,24 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpucnn import backend as backend_module
 from gpucnn.ops import ACTIVATIONS, ALL_OPS
 from gpucnn.ops import numpy_ops as ref
 from gpucnn.ops.kernel_ops import VARIANTS
 
-BACKENDS = ["emulated", pytest.param("cuda", marks=pytest.mark.gpu)]
 RTOL, ATOL = 2e-5, 2e-5
 
-
-@pytest.fixture(params=BACKENDS)
-def kb(request):
-    """A kernel backend (emulated or cuda)."""
-    if request.param == "cuda":
-        reason = backend_module.cuda_unavailable_reason()
-        if reason:
-            pytest.skip(f"no GPU: {reason}")
-    with backend_module.use_backend(request.param) as b:
-        yield b
 
 
 def randn(rng, *shape, scale=1.0):

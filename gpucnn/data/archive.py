@@ -75,3 +75,26 @@ def extract_tar(archive: str | os.PathLike, dest_dir: str | os.PathLike, top: st
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def ensure_extracted(root: Path, folder: str, archive_name: str, url: str, md5: str, what: str, download: bool,
+                     progress: bool, timeout: float, deadline: float) -> Path:
+    """``root/folder``, downloading (md5-verified) and extracting ``archive_name`` first when missing.
+
+    ``what`` names the dataset in errors. With ``download`` False, a missing folder and archive
+    is a DataError saying where they were looked for.
+    """
+    from gpucnn.data.download import fetch_verified, offline_hint
+    from gpucnn.data.files import make_dir
+
+    target = root / folder
+    if target.is_dir():
+        return target
+    if not download and not (root / archive_name).is_file():
+        raise DataError(f"{what} is not in {root} (expected {folder}/ or {archive_name}) and download is "
+                        "disabled; enable download or point --data-dir at a copy")
+    make_dir(root)
+    archive = fetch_verified(root / archive_name, url, md5, progress=progress, timeout=timeout, deadline=deadline,
+                             hint=offline_hint(f"{archive_name} or its extracted {folder}/"))
+    extract_tar(archive, root, folder)
+    return target

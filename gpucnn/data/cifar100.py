@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gpucnn.data.archive import extract_tar
+from gpucnn.data.archive import ensure_extracted
 from gpucnn.data.dataset import Dataset
-from gpucnn.data.download import DEADLINE, STALL_TIMEOUT, fetch_verified, offline_hint
-from gpucnn.data.files import make_dir, read_bytes, resolve_root
+from gpucnn.data.download import DEADLINE, STALL_TIMEOUT
+from gpucnn.data.files import read_bytes, resolve_root
 from gpucnn.errors import DataError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
@@ -103,16 +103,7 @@ def load_cifar100(
     Other arguments as in ``load_cifar10``.
     """
     check_label_mode(label_mode)
-    root = resolve_root(data_dir)
-    folder = root / FOLDER
-    if not folder.is_dir():
-        url = url or os.environ.get(URL_ENV) or URL
-        md5 = md5 or os.environ.get(MD5_ENV) or MD5
-        if not download and not (root / ARCHIVE_NAME).is_file():
-            raise DataError(f"CIFAR-100 is not in {root} (expected {FOLDER}/ or {ARCHIVE_NAME}) and download is "
-                            "disabled; enable download or point --data-dir at a copy")
-        make_dir(root)
-        archive = fetch_verified(root / ARCHIVE_NAME, url, md5, progress=progress, timeout=timeout,
-                                 deadline=deadline, hint=offline_hint(f"{ARCHIVE_NAME} or its extracted {FOLDER}/"))
-        extract_tar(archive, root, FOLDER)
+    folder = ensure_extracted(resolve_root(data_dir), FOLDER, ARCHIVE_NAME, url or os.environ.get(URL_ENV) or URL,
+                              md5 or os.environ.get(MD5_ENV) or MD5, "CIFAR-100", download, progress, timeout,
+                              deadline)
     return read_folder(folder, label_mode)
