@@ -224,6 +224,22 @@ def build_dataset(config: dict, progress: bool = False, echo=None):
     return dataset
 
 
+def fit_classifier(config: dict, num_classes: int) -> tuple[dict, str | None]:
+    """``config`` with its last dense layer giving ``num_classes`` logits, and a note saying so
+    (None when it already did). For ``--dataset`` switching a shipped model to a dataset with
+    another class count (resnet20 on cifar100); a model whose head is not its last dense layer
+    is left alone for ``build_model`` to report."""
+    specs = config["model"]["layers"]
+    last = max((i for i, spec in enumerate(specs) if spec["type"] == "dense"), default=None)
+    if last is None or specs[last]["out_features"] == num_classes:
+        return config, None
+    was = specs[last]["out_features"]
+    layers = [dict(spec) for spec in specs]
+    layers[last]["out_features"] = num_classes
+    config = {**config, "model": {**config["model"], "layers": layers}}
+    return config, f"model.layers[{last}].out_features: {was} -> {num_classes}, one logit per class of the dataset"
+
+
 def normalization(config: dict, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std) in [0, 1] units: the training set's when ``data.normalize``, else (0, 1)."""
     from gpucnn.data import channel_stats

@@ -2,7 +2,8 @@
 
 Keys:
   ``model/layers.{i}.{name}``       params and layer state (``Sequential.state_dict()``)
-  ``optim/velocity.layers.{i}.{n}``  optimizer state (``SGD.state_dict()``)
+  ``optim/velocity.layers.{i}.{n}``  optimizer state (``SGD.state_dict()``; Adam's ``exp_avg...``
+                                     float arrays and ``step...`` int64 counts)
   ``progress/epoch``                 completed epochs (int64)
   ``progress/step_in_epoch``         steps done in the epoch after those (0 at an epoch boundary)
   ``progress/global_step``           optimizer steps done in all
@@ -186,6 +187,11 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path}: data/std must be positive and as long as data/mean "
                               f"({std.shape} vs {mean.shape})")
     for key, value in arrays.items():
+        if key.startswith("optim/step."):  # Adam/AdamW's per-param update counts: int64 scalars
+            if value.shape != () or value.dtype.kind not in "iu" or int(value) < 0:
+                raise CheckpointError(f"checkpoint {path}: {key} must be a non-negative integer count, "
+                                      f"got {value.dtype.name} {value.shape}")
+            continue
         if key.startswith(("model/", "optim/", "ema/layers.")) and value.dtype.kind != "f":
             raise CheckpointError(f"checkpoint {path}: {key} must be a float array, got {value.dtype.name}")
     progress = Progress(

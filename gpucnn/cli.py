@@ -168,6 +168,12 @@ def _train(config_source, data_dir, dataset_name, device, epochs, batch_size, lr
         prepare_out_dir(out_dir, clear=overwrite and not resume)
     backend = backend_module.set_backend(_device(device, config))
     dataset = _load_dataset(config)
+    if dataset_name is not None and checkpoint is None:  # another dataset: the head follows its classes
+        from gpucnn.build import fit_classifier
+
+        config, note = fit_classifier(config, dataset.num_classes)
+        if note:
+            click.echo(f"note: {note}")
     trainer = Trainer(build_run(config, dataset, checkpoint, checkpoint_path=resume, world=world), out_dir,
                       echo=click.echo)
     click.echo(f"device: {backend.device_name} ({backend.name} backend)")
