@@ -292,6 +292,14 @@ def test_plot_one_run_and_a_comparison(runs, tmp_path):
         assert (np.abs(rgb - color).sum(axis=2) < 30).sum() > 200, color
 
 
+def test_plot_of_several_runs_defaults_to_runs_png(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("plot", runs["a"], runs["b"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"wrote {tmp_path / 'runs.png'}"  # what `gpucnn plot --help` promises
+    _check_png(tmp_path / "runs.png", (1000, 300))
+
+
 def test_plot_without_metrics_is_a_one_line_error(tmp_path):
     result = _invoke("plot", tmp_path)
     assert result.exit_code == 1
@@ -312,12 +320,16 @@ def test_evaluate_draws_the_confusion_matrix(runs, digits, tmp_path):
 # bench --plot --------------------------------------------------------------------------------
 def test_bench_plot_writes_one_figure_per_op_group(tmp_path):
     prefix, records = tmp_path / "b.png", tmp_path / "k.json"
-    result = _invoke("bench", "--device", "cpu", "--set", "lenet", "--batches", "2", "--repeats", "1",
+    # Two batch sizes: the act family's 56 cases are more than one figure holds.
+    result = _invoke("bench", "--device", "cpu", "--set", "lenet", "--batches", "2,3", "--repeats", "1",
                      "--warmup", "0", "--no-peers", "--sgemm-size", "64", "--plot", prefix, "--json", records)
     assert result.exit_code == 0, result.output
-    kernels = json.loads(records.read_text())["kernels"]
-    groups = bench_groups([r for r in kernels if r.get("ours", {}).get("ms") is not None])
-    assert {"conv", "pool", "dense"} <= set(groups)
+    kernels = [r for r in json.loads(records.read_text())["kernels"] if r.get("ours", {}).get("ms") is not None]
+    groups = bench_groups(kernels)
+    # Small families stay whole; act is split by activation, forward and backward together.
+    assert {"conv", "pool", "dense", "loss", "sgd", "relu", "gelu", "dropout"} <= set(groups)
+    assert "act" not in groups and "relu_forward" not in groups
+    assert {r["op"] for r in groups["relu"]} == {"relu_forward", "relu_backward"} and len(groups["relu"]) == 8
     written = sorted(tmp_path.glob("b-*.png"))
     assert [p.name for p in written] == sorted(f"b-{g}.png" for g in groups)
     for path in written:
