@@ -118,11 +118,24 @@ def _draw_run(axes, records: list[dict], color=None, label: str | None = None) -
 
 
 def _best_line(records: list[dict]) -> str:
-    best = _series(records, "test_acc", 100.0)
-    if best is None:
+    """'N epochs, best <split> accuracy X% (epoch e)' on the split best.npz is chosen by.
+
+    Like the Trainer: validation accuracy when the run has a validation split, else
+    training accuracy; the test accuracy of that epoch is added, since picking the epoch of
+    the best test accuracy would report a number no checkpoint was chosen for.
+    """
+    for split in ("val", "train"):
+        best = _series(records, f"{split}_acc", 100.0)
+        if best is not None:
+            break
+    else:
         return f"{len(records)} epochs"
     i = int(np.argmax(best[1]))
-    return f"{len(records)} epochs, best test accuracy {best[1][i]:.2f}% (epoch {best[0][i]})"
+    epoch = best[0][i]
+    line = f"{len(records)} epochs, best {split} accuracy {best[1][i]:.2f}% (epoch {epoch})"
+    test = [100.0 * r["test_acc"] for r in records if r["epoch"] == epoch
+            and isinstance(r.get("test_acc"), (int, float)) and math.isfinite(r["test_acc"])]
+    return line + (f", test {test[0]:.2f}%" if test else "")
 
 
 def save_curves(run_dir, path=None) -> Path:
@@ -157,11 +170,16 @@ def compare_runs(run_dirs, output) -> Path:
     run_handles = [Line2D([], [], color=c, label=n) for c, n in zip(colors, names)]
     split_handles = [Line2D([], [], color="0.3", linestyle=s, label=label) for _, label, s in SPLITS
                      if any(_series(r, f"{label}_loss") for _, r in runs)]
-    axes[2].legend(handles=run_handles, title="run", loc="best", fontsize=9)
-    axes[0].legend(handles=split_handles, title="split", loc="best", fontsize=9)
-    fig.suptitle(f"{len(runs)} runs: " + "; ".join(f"{n} {_best_line(r)}" for n, (_, r) in zip(names, runs))
+    # One legend below the axes: inside them ("best" place or not) it covered curves.
+    handles = run_handles + split_handles
+    ncol = min(len(handles), 6)
+    rows = math.ceil(len(handles) / ncol)
+    fig.set_figheight(fig.get_figheight() + 0.25 * rows)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
+    # One line per run: side by side, three long run names ran off the figure's edges.
+    fig.suptitle("\n".join(f"{n}: {_best_line(r)}" for n, (_, r) in zip(names, runs))
                  if len(runs) <= 3 else f"{len(runs)} runs", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, (0.12 + 0.25 * rows) / fig.get_figheight(), 1, 1))
     return _save(fig, output)
 
 
@@ -239,18 +257,38 @@ def confusion_figure(confusion, classes, output, normalize: bool = False, title:
 GROUP_SPLIT_ABOVE = 50  # a family with more records than this gets one figure per op
 
 
+def _op_base(op: str) -> str:
+    """'relu_forward' -> 'relu': an op's forward and backward belong in one figure."""
+    for tail in ("_forward", "_backward"):
+        if op.endswith(tail):
+            return op[: -len(tail)]
+    return op
+
+
 def bench_groups(records: list[dict]) -> dict[str, list[dict]]:
-    """Kernel records by op family (conv, pool, act...); a large family is split by op."""
+    """Kernel records by op family (conv, pool, act...); a large family is split by op
+    (relu: forward and backward), and an op still too large by direction (conv2d_forward...).
+
+    Splitting by direction alone cut the act family of two batch sizes into 14 figures of 4 bars.
+    """
     families: dict[str, list[dict]] = {}
     for r in records:
         families.setdefault(r.get("family") or r["op"], []).append(r)
     groups: dict[str, list[dict]] = {}
     for family, members in families.items():
-        if len(members) > GROUP_SPLIT_ABOVE:
-            for r in members:
-                groups.setdefault(r["op"], []).append(r)
-        else:
+        if len(members) <= GROUP_SPLIT_ABOVE:
             groups[family] = members
+            continue
+        by_base: dict[str, list[dict]] = {}
+        for r in members:
+            by_base.setdefault(_op_base(r["op"]), []).append(r)
+        for base, ops in by_base.items():
+            if len(ops) <= GROUP_SPLIT_ABOVE:
+                names = {r["op"] for r in ops}
+                groups[names.pop() if len(names) == 1 else base] = ops
+            else:
+                for r in ops:
+                    groups.setdefault(r["op"], []).append(r)
     return groups
 
 
@@ -286,13 +324,24 @@ def bench_figures(records: list[dict], output_prefix, device_name: str) -> list[
     return paths
 
 
+_BENCH_FONT = 7  # points: tick labels and the notes on the bars
+
+
+def _ratio_text(ratio: float) -> str:
+    """'0.44x', '12.3x', '0.0021x': three significant digits, so a tiny ratio is not '0.00x'."""
+    return f"{ratio:.3g}x"
+
+
 def _bench_group_figure(group, members, series, colors, path: Path, device_name: str) -> Path:
     n = len(members)
     bar = 0.8 / len(series)
-    fig = _new_figure(14, 1.6 + n * (0.16 * len(series) + 0.22))
+    has_peers = len(series) > 1
+    fig = _new_figure(14, 1.9 + n * (0.16 * len(series) + 0.22))
+    width_px, height = fig.get_figwidth() * DPI, fig.get_figheight()
+    renderer = fig.canvas.get_renderer()
     ax = fig.subplots()
     ax.set_xscale("log")
-    values = []
+    values, notes_px = [], 0.0
     for s, name in enumerate(series):
         ys, widths, notes = [], [], []
         for i, r in enumerate(members):
@@ -305,24 +354,36 @@ def _bench_group_figure(group, members, series, colors, path: Path, device_name:
                 continue
             ys.append(i + (s - (len(series) - 1) / 2) * bar)
             widths.append(ms)
-            notes.append((f"{ms:.3g} ms" + (f"  ours/{name} {ratio:.2f}x" if ratio is not None else ""),
+            notes.append((f"{ms:.3g} ms" + (f"  ours/{name} {_ratio_text(ratio)}" if ratio is not None else ""),
                           "firebrick" if ratio is not None and ratio > 1 else "black"))
         if not ys:
             continue
         ax.barh(ys, widths, height=bar * 0.92, color=colors[name], label=name)  # one call per series: fast
         values += widths
         for y, ms, (text, color) in zip(ys, widths, notes):
-            ax.text(ms * 1.05, y, text, va="center", fontsize=7, color=color)
-    ax.set_yticks(range(n), labels=[_record_label(r) for r in members], fontsize=7)
+            note = ax.text(ms * 1.05, y, text, va="center", fontsize=_BENCH_FONT, color=color)
+            # Text extents need no full draw (tight_layout would re-render every label).
+            notes_px = max(notes_px, note.get_window_extent(renderer).width)
+    ax.set_yticks(range(n), labels=[_record_label(r) for r in members], fontsize=_BENCH_FONT)
+    # Left margin from the widest tick label: a fixed one clipped long layer/op/shape labels.
+    labels_px = max(t.get_window_extent(renderer).width for t in ax.get_yticklabels())
+    left, right = min(0.5, max(0.06, (labels_px + 14) / width_px)), 0.98
     ax.set_ylim(n - 0.5, -0.5)  # first record on top
-    ax.set_xlim(min(values) / 1.5, max(values) * 4)  # room for the text right of the longest bar
-    ax.set_xlabel("median time per call (ms, log scale); ours/peer > 1 (red): gpucnn slower")
+    # On a log axis a note of t pixels after the longest bar needs the right end R decades past it,
+    # R = f * (L + R) with f = t / axes width and L the decades left of it: R = f * L / (1 - f).
+    low, high = math.log10(min(values) / 1.5), math.log10(max(values) * 1.05)
+    f = min(0.6, (1.06 * notes_px + 8) / ((right - left) * width_px))
+    span = max(high - low, 0.3)  # one value, or all alike: still a readable stretch of axis
+    ax.set_xlim(10 ** low, 10 ** (high + f * span / (1 - f)))
+    ax.set_xlabel("median time per call (ms, log scale)"
+                  + ("; ours/peer > 1 (red): gpucnn slower" if has_peers else ""))
     ax.grid(True, axis="x", which="both", alpha=0.25)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"gpucnn bench: {group} ({n} cases) on {device_name}")
+    ax.set_title(f"gpucnn bench: {group} ({n} case{'s' if n != 1 else ''}) on {device_name}", loc="left")
+    # The legend above the axes, right of the title: inside them it covered bars or notes.
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(series), fontsize=8, frameon=False,
+              borderaxespad=0.2)
     # Fixed margins instead of tight_layout, which re-renders every label of a tall figure.
-    height = fig.get_figheight()
-    fig.subplots_adjust(left=0.2, right=0.98, top=1 - 0.5 / height, bottom=0.6 / height)
+    fig.subplots_adjust(left=left, right=right, top=1 - 0.55 / height, bottom=0.65 / height)
     return _save(fig, path)
 
 
@@ -331,7 +392,7 @@ def plot_command(run_dirs, output=None, echo: Callable[[str], None] = print) -> 
     """Body of ``gpucnn plot RUN_DIR... [--output FILE.png]``; returns the path written.
 
     One run: its curves (default RUN_DIR/curves.png). Several: compared on shared axes
-    (default ./runs-compared.png).
+    (default ./runs.png, as the CLI help says).
     """
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
@@ -339,6 +400,6 @@ def plot_command(run_dirs, output=None, echo: Callable[[str], None] = print) -> 
     if len(run_dirs) == 1:
         path = save_curves(run_dirs[0], output)
     else:
-        path = compare_runs(run_dirs, output if output is not None else Path(os.getcwd()) / "runs-compared.png")
+        path = compare_runs(run_dirs, output if output is not None else Path(os.getcwd()) / "runs.png")
     echo(f"wrote {path}")
     return path
