@@ -63,6 +63,8 @@ class Conv2D(Layer):
         self.check_input(x, 4, "(N, C, H, W)")
         self.output_shape(tuple(x.shape[1:]))
         self._x = x
+        if x.shape[0] == 0:
+            return self.empty_output(x)
         return self.ops.conv2d_forward(x, self.params["W"], self.params.get("b"), self.stride, self.padding)
 
     def backward(self, dy, input_grad: bool = True):
@@ -70,6 +72,8 @@ class Conv2D(Layer):
         if self._x is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
         x, w = self._x, self.params["W"]
+        if x.shape[0] == 0:
+            return self.empty_backward(tuple(x.shape), x.dtype, input_grad)
         self.grads["W"] = self.ops.conv2d_backward_filter(dy, x, w.shape, self.stride, self.padding)
         if "b" in self.params:
             self.grads["b"] = self.ops.conv2d_backward_bias(dy)

@@ -40,12 +40,16 @@ class Dense(Layer):
         self.check_input(x, 2, "(N, features)")
         self.output_shape(tuple(x.shape[1:]))
         self._x = x
+        if x.shape[0] == 0:
+            return self.empty_output(x)
         return self.ops.dense_forward(x, self.params["W"], self.params.get("b"))
 
     def backward(self, dy, input_grad: bool = True):
         """Fill grads["W"], grads["b"]; return dx (None when ``input_grad`` is False)."""
         if self._x is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
+        if self._x.shape[0] == 0:
+            return self.empty_backward(tuple(self._x.shape), self._x.dtype, input_grad)
         dx, dw, db = self.ops.dense_backward(dy, self._x, self.params["W"])
         self.grads["W"] = dw
         if "b" in self.params:
