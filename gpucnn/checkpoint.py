@@ -33,7 +33,7 @@ import numpy as np
 
 from gpucnn.atomic import atomic_open
 from gpucnn.config import dumps_toml, parse_toml, validate_config
-from gpucnn.errors import GpucnnError
+from gpucnn.errors import ConfigError, GpucnnError
 from gpucnn.metrics import jsonl_text
 
 CHECKPOINT_VERSION = 1
@@ -173,7 +173,10 @@ def load_checkpoint(path) -> Checkpoint:
     toml_text = arrays["config/toml"]
     if toml_text.shape != () or toml_text.dtype.kind != "U":
         raise CheckpointError(f"checkpoint {path}: config/toml must be a text string, got {toml_text.dtype.name}")
-    config = validate_config(parse_toml(str(toml_text), f"{path} (embedded config)"))
+    try:
+        config = validate_config(parse_toml(str(toml_text), "config/toml"))
+    except ConfigError as exc:  # a checkpoint's fault, not the command line's: exit 1 like the rest
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
     partial = arrays["progress/partial_sums"]
     if partial.shape != (3,) or partial.dtype.kind != "f" or not np.all(np.isfinite(partial)) or np.any(partial < 0):
         raise CheckpointError(f"checkpoint {path}: progress/partial_sums must be 3 finite non-negative numbers, "

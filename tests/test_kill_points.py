@@ -1,6 +1,6 @@
 """kill -9 at many instants of a real ``gpucnn train`` never costs a completed epoch.
 
-Each chain runs ``python -m gpucnn train --config digits`` (3 epochs of 5 steps) in a
+Each chain runs ``python -m gpucnn train --config digits`` (3 epochs of 6 steps) in a
 subprocess and SIGKILLs it, continues it the way a user would (``--resume DIR/last.npz``
 when that exists, else the same command again into the same --out), kills that process
 too, and so on (a job preempted again and again): at planted points inside and between the

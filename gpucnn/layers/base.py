@@ -33,6 +33,13 @@ def as_pair(value: Any, what: str, minimum: int = 0) -> IntPair:
     return pair
 
 
+def as_count(owner: str, what: str, value: Any) -> int:
+    """``value`` as an int >= 1 (a channel or feature count), else a one-line ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{owner}: {what} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
 def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     """A numpy Generator from a Generator, an int seed, or None (fresh entropy)."""
     if isinstance(rng, np.random.Generator):
@@ -140,8 +147,9 @@ class Layer:
         self.grads[name] = self.xp.zeros_like(self.params[name])
         self.param_kinds = {**self.param_kinds, name: kind}
 
-    def check_input(self, x, expected_rank: int, layout: str) -> None:
-        """Reject non-arrays (TypeError), non-float arrays and wrong ranks with the layer's name and the shapes."""
+    def check_input(self, x, expected_rank: int | None, layout: str) -> None:
+        """Reject non-arrays (TypeError), non-float arrays and wrong ranks (``expected_rank`` None:
+        any) with the layer's name and the shapes."""
         # Lists are refused rather than converted: a silent host->device copy per call would hide
         # a slow path, and the dtype a list should become is the caller's choice.
         if not isinstance(x, self.backend_array_types()):
@@ -157,7 +165,7 @@ class Layer:
             )
         if self.dtype is not None and dtype != self.dtype:
             raise ValueError(f"{self.name}: expected {self.dtype.name} input, got {dtype.name}")
-        if x.ndim != expected_rank:
+        if expected_rank is not None and x.ndim != expected_rank:
             raise ValueError(
                 f"{self.name}: expected a {expected_rank}-d input {layout}, got shape {tuple(x.shape)}"
             )
