@@ -806,31 +806,31 @@ def test_a_whole_model_step_on_an_empty_batch_stops_at_the_loss(backend_name, re
         assert float(ce.forward(np.zeros((1, 10), np.float32), np.zeros(1, np.int64))) == pytest.approx(math.log(10))
 
 
-def test_the_emulator_skips_a_zero_sized_grid(reset_backend):
-    from gpucnn.cuda.emulator import EmulatedLauncher
+def test_an_empty_batch_never_launches_a_zero_sized_grid(reset_backend, monkeypatch):
+    """CUDA (and the emulator, test_emulator.py) refuses a zero-sized grid, and skipping one would hand
+    back the op's uninitialised output; so layers keep N = 0 away from every reduction and GEMM, and
+    only elementwise kernels run (on a grid of at least one block, over no element)."""
+    from gpucnn.ops import ACTIVATIONS
 
-    launcher = EmulatedLauncher()
-    out = np.full(4, 7.0, np.float32)
-    a = np.ones((2, 4, 3), np.float32)
-    i32 = [np.int32(v) for v in (2, 4, 3)]
-    launcher.launch("channel_sum", (0,), (256,), (out, a, *i32))
-    assert np.all(out == 7.0)  # nothing ran
-    launcher.launch("channel_sum", (4,), (256,), (out, a, *i32))
-    np.testing.assert_array_equal(out, np.full(4, 6.0, np.float32))  # the same launch with a grid runs
+    with backend_module.use_backend("emulated") as backend:
+        real_launch, launches = backend.ops.launcher.launch, []
 
+        def launch(name, grid, block, args):
+            launches.append((name, grid))
+            return real_launch(name, grid, block, args)
 
-def test_the_cuda_launcher_skips_a_zero_sized_grid(monkeypatch):
-    fake = types.ModuleType("cupy")
-    fake.ndarray = type("ndarray", (), {})
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.delitem(sys.modules, "gpucnn.cuda.launcher", raising=False)
-    from gpucnn.cuda.launcher import CudaLauncher
-
-    launcher = object.__new__(CudaLauncher)  # no device needed: an empty grid never reaches one
-    launcher.function = lambda name: pytest.fail("an empty grid reached the kernel")
-    launcher.launch("channel_sum", (0, 4), (256,), ())
-    launcher.launch("channel_sum", 8, (0,), ())
-    monkeypatch.delitem(sys.modules, "gpucnn.cuda.launcher")
+        monkeypatch.setattr(backend.ops.launcher, "launch", launch)
+        for name, factory, shape in LAYER_CASES:
+            layer = factory()
+            y = layer.forward(np.zeros((0, *shape), np.float32), training=not _has_batchnorm(layer))
+            if not _has_batchnorm(layer):
+                layer.backward(np.zeros(y.shape, np.float32))
+        elementwise = {f"{a}_{d}" for a in [*(act.name for act in ACTIVATIONS), "dropout"] for d in ("forward", "backward")}
+        assert {name for name, _ in launches} <= elementwise
+        assert all(0 not in ((grid,) if isinstance(grid, int) else tuple(grid)) for _, grid in launches)
+        launches.clear()
+        layers.Conv2D(3, 4, 3).forward(np.zeros((1, 3, 5, 5), np.float32))
+        assert launches  # the recorder records: a batch of one launches the conv kernels
 
 
 # ---------------------------------------------------------------- 12. lists and 0-d values

@@ -199,8 +199,6 @@ class EmulatedLauncher:
 
     def launch(self, name: str, grid, block, args) -> None:
         """Run kernel ``name`` over ``grid`` x ``block`` (int or up to 3-tuple each)."""
-        if 0 in _dim3(grid) or 0 in _dim3(block):
-            return  # an empty grid launches nothing (CUDA would refuse it as an invalid configuration)
         fn = self.function(name)
         sig = self.index[name]
         source_files.check_args(sig, tuple(args), self.array_types)
