@@ -143,7 +143,7 @@ def test_kill_at_random_instants_loses_nothing(tmp_path, reference):
     out = tmp_path / "run"
     rng = random.Random(13)
     kills = 0
-    for _ in range(4):
+    for _ in range(3):
         proc = subprocess.Popen(_command(out), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
