@@ -59,10 +59,16 @@ class Backend:
         return self.xp.asarray(array, dtype=dtype)
 
     def to_host(self, array) -> np.ndarray:
-        """Return a NumPy copy (or view, on CPU backends) of a backend array."""
+        """Return a NumPy copy (or view, on CPU backends) of a backend array.
+
+        0-d device arrays come back as 0-d NumPy arrays; NumPy scalars (``np.float64(1.0)``,
+        what reductions on the numpy backend return) and Python numbers or lists as NumPy arrays.
+        """
         if isinstance(array, np.ndarray):
             return array
-        return array.get()
+        if hasattr(array, "get") and not isinstance(array, (dict, np.generic)):  # a CuPy array
+            return array.get()
+        return np.asarray(array)
 
     def synchronize(self) -> None:
         """Wait for queued device work to finish (a no-op on CPU backends)."""
@@ -103,13 +109,40 @@ def cuda_unavailable_reason() -> str | None:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
         text = str(exc)
-        if "InsufficientDriver" in text or "driver version" in text.lower():
-            return f"the NVIDIA driver is too old for this CuPy build ({text})"
+        if "InsufficientDriver" in text or "driver version" in text.lower() or "NoDriver" in text:
+            # The CUDA runtime says "insufficient driver" both when the driver is too old and when
+            # there is none at all; whether libcuda loads tells the two apart.
+            driver = driver_cuda_version()
+            if driver is None:
+                return ("no NVIDIA driver is installed (libcuda.so.1 cannot be loaded); install the NVIDIA "
+                        "driver, or use --device cpu")
+            return (f"the NVIDIA driver is too old for this CuPy build: it supports CUDA {driver[0]}.{driver[1]}"
+                    f" ({text}); update the driver or install the CuPy build for that CUDA version")
         if "NoDevice" in text:
             return "no CUDA device is visible (cudaErrorNoDevice)"
         return f"CUDA could not be initialised: {text}"
     if count == 0:
         return "no CUDA device is visible"
+    return None
+
+
+def driver_cuda_version() -> tuple[int, int] | None:
+    """The CUDA version the installed NVIDIA driver supports, e.g. (12, 4); None when no driver
+    library (libcuda.so.1 / nvcuda.dll) loads. The driver API answers without a device."""
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        version = ctypes.c_int(0)
+        try:
+            if lib.cuDriverGetVersion(ctypes.byref(version)) != 0:
+                return (0, 0)
+        except AttributeError:
+            return (0, 0)
+        return (version.value // 1000, version.value % 1000 // 10)
     return None
 
 

@@ -259,14 +259,23 @@ def build_loss(config: dict) -> SoftmaxCrossEntropy:
     return SoftmaxCrossEntropy(label_smoothing=config["loss"]["label_smoothing"])
 
 
-def build_augment(config: dict):
-    """The training-set Augment of ``data.augment``, or None when it does nothing."""
+def build_augment(config: dict, image_shape=None):
+    """The training-set Augment of ``data.augment``, or None when it does nothing.
+
+    ``image_shape`` (C, H, W) of the training images: padding that the image size cannot take
+    is a ConfigError naming data.augment.crop_padding."""
     from gpucnn.data import Augment
 
     aug = config["data"]["augment"]
     if not (aug["flip"] or aug["crop_padding"]):
         return None
-    return Augment(flip=aug["flip"], crop_padding=aug["crop_padding"], padding_mode=aug.get("padding_mode", "zeros"))
+    augment = Augment(flip=aug["flip"], crop_padding=aug["crop_padding"], padding_mode=aug.get("padding_mode", "zeros"))
+    if image_shape is not None:
+        try:
+            augment.check_image_size(int(image_shape[-2]), int(image_shape[-1]))
+        except ValueError as exc:
+            raise ConfigError(f"data.augment.crop_padding = {augment.crop_padding}: {exc}") from None
+    return augment
 
 
 def _ema(config: dict, model: Sequential) -> EMA | None:
@@ -289,7 +298,7 @@ def restored_model(checkpoint, input_shape, num_classes: int, path=None) -> Sequ
 
 
 def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backend=None,
-              eval_batch_size: int | None = None, checkpoint_path="checkpoint", world=None) -> Run:
+              eval_batch_size: int | None = None, checkpoint_path=None, world=None) -> Run:
     """Assemble a run of validated ``config`` on ``dataset`` (a gpucnn.data.Dataset).
 
     ``checkpoint`` (a loaded Checkpoint): its normalization, params, optimizer state and
@@ -327,7 +336,7 @@ def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backen
     train_loader = schedule = None
     if train:
         train_loader = BatchLoader(dataset.x_train, dataset.y_train, data["batch_size"], backend, mean, std,
-                                   shuffle=True, seed=seed, augment=build_augment(config))
+                                   shuffle=True, seed=seed, augment=build_augment(config, dataset.x_train.shape[1:]))
         schedule = schedule_from_config(config, len(train_loader))
     eval_batch = eval_batch_size or data["eval_batch_size"]
     test_loader = BatchLoader(dataset.x_test, dataset.y_test, eval_batch, backend, mean, std, shuffle=False)

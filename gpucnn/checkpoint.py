@@ -34,7 +34,7 @@ import numpy as np
 
 from gpucnn.atomic import atomic_open
 from gpucnn.config import dumps_toml, parse_toml, validate_config
-from gpucnn.errors import GpucnnError
+from gpucnn.errors import ConfigError, GpucnnError
 from gpucnn.metrics import jsonl_text
 
 CHECKPOINT_VERSION = 1
@@ -68,6 +68,7 @@ class Checkpoint:
     input_shape: tuple[int, int, int] | None = None
     history: list[dict] = field(default_factory=list)  # the metrics.jsonl records of the epochs done
     ema_state: dict[str, np.ndarray] = field(default_factory=dict)  # averaged weights (training.ema)
+    path: Path | None = None  # the file it was read from (load_checkpoint), for messages
 
 
 def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, mean, std,
@@ -173,7 +174,10 @@ def load_checkpoint(path) -> Checkpoint:
     toml_text = arrays["config/toml"]
     if toml_text.shape != () or toml_text.dtype.kind != "U":
         raise CheckpointError(f"checkpoint {path}: config/toml must be a text string, got {toml_text.dtype.name}")
-    config = validate_config(parse_toml(str(toml_text), f"{path} (embedded config)"))
+    try:
+        config = validate_config(parse_toml(str(toml_text), "config/toml"))
+    except ConfigError as exc:  # a checkpoint's fault, not the command line's: exit 1 like the rest
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
     partial = arrays["progress/partial_sums"]
     if partial.shape != (3,) or partial.dtype.kind != "f" or not np.all(np.isfinite(partial)) or np.any(partial < 0):
         raise CheckpointError(f"checkpoint {path}: progress/partial_sums must be 3 finite non-negative numbers, "
@@ -192,8 +196,14 @@ def load_checkpoint(path) -> Checkpoint:
                 raise CheckpointError(f"checkpoint {path}: {key} must be a non-negative integer count, "
                                       f"got {value.dtype.name} {value.shape}")
             continue
-        if key.startswith(("model/", "optim/", "ema/layers.")) and value.dtype.kind != "f":
-            raise CheckpointError(f"checkpoint {path}: {key} must be a float array, got {value.dtype.name}")
+        if key.startswith(("model/", "optim/", "ema/layers.")):
+            if value.dtype.kind != "f":
+                raise CheckpointError(f"checkpoint {path}: {key} must be a float array, got {value.dtype.name}")
+            # A diverged run never saves (Trainer._check_finite), so non-finite weights mean a damaged file.
+            if not np.all(np.isfinite(value)):
+                raise CheckpointError(f"checkpoint {path}: {key} holds non-finite values (nan or inf)")
+    classes = _classes(arrays, path)
+    input_shape = _input_shape(arrays, path)
     progress = Progress(
         epoch=_scalar(arrays, "progress/epoch", path, "i", 0),
         step_in_epoch=_scalar(arrays, "progress/step_in_epoch", path, "i", 0),
@@ -201,9 +211,7 @@ def load_checkpoint(path) -> Checkpoint:
         best_acc=_scalar(arrays, "progress/best_acc", path, "f", -1.0, 1.0),
         partial_sums=np.array(partial, dtype=np.float64),
     )
-    history = []
-    if "metrics/jsonl" in arrays:
-        history = [json.loads(line) for line in str(arrays["metrics/jsonl"]).splitlines() if line.strip()]
+    history = _history(arrays, path)
     return Checkpoint(
         model_state={k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")},
         optim_state={k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
@@ -212,11 +220,57 @@ def load_checkpoint(path) -> Checkpoint:
         seed=_scalar(arrays, "rng/seed", path, "i", 0, 2**32 - 1),
         mean=mean,
         std=std,
-        classes=[str(c) for c in arrays["data/classes"]] if "data/classes" in arrays else None,
-        input_shape=tuple(int(s) for s in arrays["data/input_shape"]) if "data/input_shape" in arrays else None,
+        classes=classes,
+        input_shape=input_shape,
         history=history,
         ema_state={k[len("ema/"):]: v for k, v in arrays.items() if k.startswith("ema/")},
+        path=path,
     )
+
+
+def _classes(arrays: dict, path: Path) -> list[str] | None:
+    """``data/classes`` as K names, None when absent (older checkpoints)."""
+    if "data/classes" not in arrays:
+        return None
+    value = arrays["data/classes"]
+    if value.ndim != 1 or value.dtype.kind != "U" or value.shape[0] == 0:
+        raise CheckpointError(f"checkpoint {path}: data/classes must be a non-empty list of class names (K,), "
+                              f"got {value.dtype.name} of shape {value.shape}")
+    return [str(c) for c in value]
+
+
+def _input_shape(arrays: dict, path: Path) -> tuple[int, int, int] | None:
+    """``data/input_shape`` as (C, H, W) positive ints, None when absent (older checkpoints)."""
+    if "data/input_shape" not in arrays:
+        return None
+    value = arrays["data/input_shape"]
+    if value.shape != (3,) or value.dtype.kind not in "iu" or np.any(value < 1):
+        raise CheckpointError(f"checkpoint {path}: data/input_shape must be 3 positive integers (C, H, W), "
+                              f"got {value.dtype.name} {value.tolist()}")
+    return tuple(int(s) for s in value)
+
+
+def _history(arrays: dict, path: Path) -> list[dict]:
+    """The metrics rows stored in ``metrics/jsonl`` (one JSON object per line), [] when absent."""
+    if "metrics/jsonl" not in arrays:
+        return []
+    value = arrays["metrics/jsonl"]
+    if value.shape != () or value.dtype.kind != "U":
+        raise CheckpointError(f"checkpoint {path}: metrics/jsonl must be a text string, got {value.dtype.name}")
+    history = []
+    for number, line in enumerate(str(value).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"checkpoint {path}: metrics/jsonl line {number} is not valid JSON "
+                                  f"({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) or isinstance(record["epoch"], bool):
+            raise CheckpointError(f"checkpoint {path}: metrics/jsonl line {number} must be an object with an "
+                                  f"integer \"epoch\"")
+        history.append(record)
+    return history
 
 
 def restore(checkpoint: Checkpoint, model, optimizer=None, path=None, ema=None) -> None:
@@ -229,5 +283,6 @@ def restore(checkpoint: Checkpoint, model, optimizer=None, path=None, ema=None) 
         if ema is not None and checkpoint.ema_state:
             ema.load_state(checkpoint.ema_state)
     except (ValueError, KeyError) as exc:
+        path = path if path is not None else checkpoint.path
         where = f"checkpoint {path}" if path is not None else "the checkpoint"
         raise CheckpointError(f"{where} does not fit the model of its own config: {exc}") from None

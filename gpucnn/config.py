@@ -74,11 +74,33 @@ def defaults() -> dict:
     }
 
 
+# No config nests deeper than a few levels (model.layers[i].body[j]...); a limit far above that
+# keeps a hostile file from overflowing the stack in the parser or in merge/validation.
+MAX_NESTING = 32
+
+
 def parse_toml(text: str, source: str) -> dict:
+    """The TOML document ``text`` as a dict; ConfigError naming ``source`` when it is malformed or
+    nests arrays/tables deeper than ``MAX_NESTING``."""
     try:
-        return tomllib.loads(text)
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    except RecursionError:  # the parser recurses once per nested array or inline table
+        raise ConfigError(f"{source}: invalid TOML: arrays or tables nested too deeply "
+                          f"(a config needs at most {MAX_NESTING} levels)") from None
+    if _depth(document) > MAX_NESTING:
+        raise ConfigError(f"{source}: arrays or tables nested more than {MAX_NESTING} levels deep; "
+                          "no gpucnn config needs that")
+    return document
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """How deeply lists and dicts nest in ``value`` (stops counting past MAX_NESTING)."""
+    if level > MAX_NESTING or not isinstance(value, (list, dict)):
+        return level
+    items = value.values() if isinstance(value, dict) else value
+    return max((_depth(v, level + 1) for v in items), default=level + 1)
 
 
 def load_config(source: str | os.PathLike | None = None) -> dict:
@@ -105,9 +127,14 @@ def merge(base: dict, overlay: dict) -> dict:
 def parse_value(text: str) -> Any:
     """A TOML literal (``0.05``, ``true``, ``[3, 3]``, ``"x"``), else the text as a string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(f"--set value {text[:40]!r}...: arrays nested too deeply") from None
+    if _depth(value) > MAX_NESTING:
+        raise ConfigError(f"--set value {text[:40]!r}...: arrays nested more than {MAX_NESTING} levels deep")
+    return value
 
 
 def split_key(dotted: str) -> list[str | int]:

@@ -7,6 +7,13 @@ import numpy as np
 from gpucnn.backend import get_backend
 
 
+def _check_not_empty(owner: str, count: int) -> None:
+    """A mean over no samples is undefined (0/0): refuse it instead of returning NaN."""
+    if count == 0:
+        raise ValueError(f"{owner}: the loss of an empty batch (N = 0) is a mean over no samples, which is "
+                         f"undefined; skip empty batches before the loss")
+
+
 class SoftmaxCrossEntropy:
     """Mean over the batch of -sum_k t_k log softmax(logits)_k, t = (1-eps)*onehot + eps/K.
 
@@ -34,6 +41,7 @@ class SoftmaxCrossEntropy:
             raise ValueError(f"SoftmaxCrossEntropy: expected labels of shape ({n},), got {tuple(labels.shape)}")
         if np.dtype(labels.dtype).kind not in "iu":
             raise ValueError(f"SoftmaxCrossEntropy: labels must be integers, got {np.dtype(labels.dtype).name}")
+        _check_not_empty("SoftmaxCrossEntropy", n)
         if n and isinstance(labels, np.ndarray) and (int(labels.min()) < 0 or int(labels.max()) >= k):
             raise ValueError(
                 f"SoftmaxCrossEntropy: labels must be in [0, {k}), got values in "
@@ -63,6 +71,7 @@ class MeanSquaredError:
             raise ValueError(
                 f"MeanSquaredError: prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}"
             )
+        _check_not_empty("MeanSquaredError", int(np.prod(pred.shape)))
         target = target.astype(pred.dtype, copy=False)
         self._cache = (pred, target)
         return self.backend.ops.mse_forward(pred, target)

@@ -148,8 +148,9 @@ class Trainer:
                               "is 0 and the dataset ships none; set data.val_fraction > 0 or use a train_* metric")
         steps = len(self.train_loader)
         if self.progress.step_in_epoch >= steps:
+            where = f"checkpoint {run.checkpoint.path}" if getattr(run.checkpoint, "path", None) else "the checkpoint"
             raise TrainingError(
-                f"the checkpoint stopped at step {self.progress.step_in_epoch} of an epoch, but an epoch of this run "
+                f"{where} stopped at step {self.progress.step_in_epoch} of an epoch, but an epoch of this run "
                 f"has {steps} steps (data.batch_size = {self.batch_size}); resume with the batch size it was "
                 f"saved with"
             )

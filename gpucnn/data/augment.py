@@ -48,10 +48,17 @@ class Augment:
                              f"got {self.padding_mode!r}")
 
     def check_image_size(self, height: int, width: int) -> None:
-        """Reflect padding needs the padding smaller than the image; raise ValueError otherwise."""
+        """Raise ValueError when the padding does not fit ``height`` x ``width`` images.
+
+        Reflect padding mirrors at most size - 1 pixels (numpy's ``mode="reflect"``); zero padding
+        as large as the image lets a crop hold no pixel of it at all (an all-black training image).
+        """
         if self.padding_mode == "reflect" and self.crop_padding >= min(height, width):
             raise ValueError(f"Augment: reflect padding {self.crop_padding} needs images larger than that, "
                              f"got {height}x{width}")
+        if self.crop_padding >= min(height, width):
+            raise ValueError(f"Augment: crop padding {self.crop_padding} must be smaller than the image "
+                             f"({height}x{width}), or a crop can miss the image entirely")
 
     def draw(self, rng: np.random.Generator, n: int) -> AugmentParams:
         """Draw the parameters of ``n`` images from ``rng`` (host side)."""

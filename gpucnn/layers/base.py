@@ -33,6 +33,13 @@ def as_pair(value: Any, what: str, minimum: int = 0) -> IntPair:
     return pair
 
 
+def as_count(owner: str, what: str, value: Any) -> int:
+    """``value`` as an int >= 1 (a channel or feature count), else a one-line ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{owner}: {what} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
 def as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     """A numpy Generator from a Generator, an int seed, or None (fresh entropy)."""
     if isinstance(rng, np.random.Generator):
@@ -140,8 +147,16 @@ class Layer:
         self.grads[name] = self.xp.zeros_like(self.params[name])
         self.param_kinds = {**self.param_kinds, name: kind}
 
-    def check_input(self, x, expected_rank: int, layout: str) -> None:
-        """Reject non-float arrays and wrong ranks with the layer's name and the shapes."""
+    def check_input(self, x, expected_rank: int | None, layout: str) -> None:
+        """Reject non-arrays (TypeError), non-float arrays and wrong ranks (``expected_rank`` None:
+        any) with the layer's name and the shapes."""
+        # Lists are refused rather than converted: a silent host->device copy per call would hide
+        # a slow path, and the dtype a list should become is the caller's choice.
+        if not isinstance(x, self.backend_array_types()):
+            raise TypeError(
+                f"{self.name}: expected an array of the {self.backend.name} backend, got {type(x).__name__}; "
+                f"convert it first, e.g. np.asarray(x, dtype=np.float32)"
+            )
         dtype = np.dtype(x.dtype)
         if dtype.kind in "iub":
             raise ValueError(
@@ -150,10 +165,27 @@ class Layer:
             )
         if self.dtype is not None and dtype != self.dtype:
             raise ValueError(f"{self.name}: expected {self.dtype.name} input, got {dtype.name}")
-        if x.ndim != expected_rank:
+        if expected_rank is not None and x.ndim != expected_rank:
             raise ValueError(
                 f"{self.name}: expected a {expected_rank}-d input {layout}, got shape {tuple(x.shape)}"
             )
+
+    def backend_array_types(self) -> tuple[type, ...]:
+        """The array classes of this layer's backend (numpy.ndarray; cupy.ndarray on cuda)."""
+        return (self.xp.ndarray,)
+
+    # An empty batch (N = 0) never reaches the ops: they need not handle it, no kernel is
+    # launched on a zero-sized grid, and no uninitialised buffer is handed back.
+    def empty_output(self, x):
+        """The forward result of an empty batch x (0, ...): zeros (0, *output_shape) of x's dtype."""
+        return self.xp.zeros((0, *self.output_shape(tuple(x.shape[1:]))), dtype=x.dtype)
+
+    def empty_backward(self, input_shape: tuple[int, ...], dtype, input_grad: bool = True):
+        """The backward of an empty batch: every parameter gradient zero (a sum over no samples),
+        and an empty dL/dx of ``input_shape`` (None when ``input_grad`` is False)."""
+        for name, param in self.params.items():
+            self.grads[name] = self.xp.zeros_like(param)
+        return self.xp.zeros(input_shape, dtype=dtype) if input_grad else None
 
     def __repr__(self) -> str:
         return f"{self.name}()"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpucnn.init import initialize
-from gpucnn.layers.base import Layer, as_pair, as_rng
+from gpucnn.layers.base import Layer, as_count, as_pair, as_rng
 
 
 class Conv2D(Layer):
@@ -29,10 +29,8 @@ class Conv2D(Layer):
         init: str = "he",
     ) -> None:
         super().__init__(dtype)
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"Conv2D: channel counts must be >= 1, got {in_channels} -> {out_channels}")
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
+        self.in_channels = as_count("Conv2D", "in_channels", in_channels)
+        self.out_channels = as_count("Conv2D", "out_channels", out_channels)
         self.kernel_size = as_pair(kernel_size, "Conv2D kernel_size", 1)
         self.stride = as_pair(stride, "Conv2D stride", 1)
         self.padding = as_pair(padding, "Conv2D padding", 0)
@@ -63,6 +61,8 @@ class Conv2D(Layer):
         self.check_input(x, 4, "(N, C, H, W)")
         self.output_shape(tuple(x.shape[1:]))
         self._x = x
+        if x.shape[0] == 0:
+            return self.empty_output(x)
         return self.ops.conv2d_forward(x, self.params["W"], self.params.get("b"), self.stride, self.padding)
 
     def backward(self, dy, input_grad: bool = True):
@@ -70,6 +70,8 @@ class Conv2D(Layer):
         if self._x is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
         x, w = self._x, self.params["W"]
+        if x.shape[0] == 0:
+            return self.empty_backward(tuple(x.shape), x.dtype, input_grad)
         self.grads["W"] = self.ops.conv2d_backward_filter(dy, x, w.shape, self.stride, self.padding)
         if "b" in self.params:
             self.grads["b"] = self.ops.conv2d_backward_bias(dy)

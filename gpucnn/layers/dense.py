@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpucnn.init import initialize
-from gpucnn.layers.base import Layer, as_rng
+from gpucnn.layers.base import Layer, as_count, as_rng
 
 
 class Dense(Layer):
@@ -17,10 +17,8 @@ class Dense(Layer):
         self, in_features: int, out_features: int, dtype=np.float32, rng=None, bias: bool = True, init: str = "he"
     ) -> None:
         super().__init__(dtype)
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"Dense: feature counts must be >= 1, got {in_features} -> {out_features}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = as_count("Dense", "in_features", in_features)
+        self.out_features = as_count("Dense", "out_features", out_features)
         self.param_kinds = {}
         self._new_param(
             "W", initialize(init, (self.out_features, self.in_features), as_rng(rng), self.dtype), "weight"
@@ -40,12 +38,16 @@ class Dense(Layer):
         self.check_input(x, 2, "(N, features)")
         self.output_shape(tuple(x.shape[1:]))
         self._x = x
+        if x.shape[0] == 0:
+            return self.empty_output(x)
         return self.ops.dense_forward(x, self.params["W"], self.params.get("b"))
 
     def backward(self, dy, input_grad: bool = True):
         """Fill grads["W"], grads["b"]; return dx (None when ``input_grad`` is False)."""
         if self._x is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
+        if self._x.shape[0] == 0:
+            return self.empty_backward(tuple(self._x.shape), self._x.dtype, input_grad)
         dx, dw, db = self.ops.dense_backward(dy, self._x, self.params["W"])
         self.grads["W"] = dw
         if "b" in self.params:

@@ -55,8 +55,13 @@ class BatchNorm2D(Layer):
         self.check_input(x, 4, "(N, C, H, W)")
         self.output_shape(tuple(x.shape[1:]))
         gamma, beta = self._gamma_beta()
+        if x.shape[0] == 0 and training:
+            raise ValueError(f"{self.name}: an empty batch (N = 0) has no batch statistics to normalize with, "
+                             f"so training mode is undefined for it; use training=False (running statistics)")
         if not training:
             self._cache = None
+            if x.shape[0] == 0:
+                return self.empty_output(x)
             return self.ops.batchnorm2d_inference(x, gamma, beta, self.running_mean, self.running_var, self.eps)
         if x.shape[0] * x.shape[2] * x.shape[3] < 2:
             raise ValueError(f"{self.name}: training needs more than 1 value per channel, got input shape {tuple(x.shape)}")

@@ -44,12 +44,16 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x, training: bool = True):
         self._check(x)
+        if x.shape[0] == 0:
+            return self.empty_output(x)
         y, self._argmax = self.ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding)
         return y
 
     def backward(self, dy, input_grad: bool = True):
         if self._x_shape is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
+        if self._x_shape[0] == 0:
+            return self.empty_backward(self._x_shape, dy.dtype, input_grad)
         # the window geometry lets a deterministic backend gather instead of scatter-add
         return self.ops.maxpool2d_backward(dy, self._argmax, self._x_shape, self.kernel_size, self.stride,
                                            self.padding)
@@ -60,11 +64,15 @@ class AvgPool2D(_Pool2D):
 
     def forward(self, x, training: bool = True):
         self._check(x)
+        if x.shape[0] == 0:
+            return self.empty_output(x)
         return self.ops.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding)
 
     def backward(self, dy, input_grad: bool = True):
         if self._x_shape is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
+        if self._x_shape[0] == 0:
+            return self.empty_backward(self._x_shape, dy.dtype, input_grad)
         return self.ops.avgpool2d_backward(dy, self._x_shape, self.kernel_size, self.stride, self.padding)
 
 

@@ -16,11 +16,11 @@ class Flatten(Layer):
         return (math.prod(input_shape),)
 
     def forward(self, x, training: bool = True):
+        self.check_input(x, None, "")
         if x.ndim < 2:
             raise ValueError(f"{self.name}: expected an input with a batch axis (N, ...), got shape {tuple(x.shape)}")
-        self.check_input(x, x.ndim, "")
         self._x_shape = tuple(x.shape)
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: that is ambiguous when N = 0
 
     def backward(self, dy, input_grad: bool = True):
         if self._x_shape is None:
