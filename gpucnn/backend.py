@@ -138,9 +138,17 @@ def resolve_precision(requested: str, backend: Backend, where: str = "precision"
     return name
 
 
-def choose_precision(option: str | None, config_value: str | None = None) -> str:
-    """The precision a run asks for: ``option`` (--precision), else GPUCNN_PRECISION, else the config's."""
-    return option or os.environ.get(PRECISION_ENV_VAR) or config_value or "auto"
+def choose_precision(option: str | None = None, config_value: str | None = None) -> tuple[str, str]:
+    """(precision, where it came from): ``option`` (--precision), else GPUCNN_PRECISION, else the
+    config's ``training.precision``, else auto; the same precedence as the backend choice."""
+    if option:
+        return option, "--precision"
+    env = os.environ.get(PRECISION_ENV_VAR)
+    if env:
+        return env, PRECISION_ENV_VAR
+    if config_value:
+        return config_value, "training.precision"
+    return "auto", "precision"
 
 
 class NumpyOps:
@@ -227,10 +235,15 @@ def _make_emulated() -> Backend:
     )
 
 
-def create_backend(name: str) -> Backend:
-    """Build a backend by name, in the GPUCNN_PRECISION precision (default auto)."""
+def create_backend(name: str, precision: str | None = None, where: str = "precision") -> Backend:
+    """Build a backend by name, in ``precision`` (default: GPUCNN_PRECISION, else auto).
+
+    ``where`` names the precision's source in the error a bad value raises.
+    """
     backend = _create(name)
-    backend.set_precision(os.environ.get(PRECISION_ENV_VAR) or "auto", where=PRECISION_ENV_VAR)
+    if precision is None:
+        precision, where = choose_precision()
+    backend.set_precision(precision, where)
     return backend
 
 
@@ -263,10 +276,10 @@ def get_backend() -> Backend:
     return _current
 
 
-def set_backend(name: str) -> Backend:
-    """Make ``name`` the current backend and return it."""
+def set_backend(name: str, precision: str | None = None, where: str = "precision") -> Backend:
+    """Make ``name`` the current backend (in ``precision``, see create_backend) and return it."""
     global _current
-    _current = create_backend(name)
+    _current = create_backend(name, precision, where)
     return _current
 
 
