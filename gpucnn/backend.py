@@ -80,7 +80,7 @@ class Backend:
         ``where`` names the setting in the error a bad value raises (a ConfigError).
         """
         resolved = resolve_precision(name, self, where)
-        self.requested_precision, self.precision = name, resolved
+        self.requested_precision, self.precision = _precision_name(name, where), resolved
         if hasattr(self.ops, "precision"):
             self.ops.precision = resolved
         return resolved
@@ -118,6 +118,14 @@ _current: Backend | None = None
 _announced = False
 
 
+def _precision_name(requested, where: str) -> str:
+    """``requested`` in lower case if it is one of PRECISIONS, else a ConfigError naming ``where``."""
+    try:
+        return check_precision(requested.strip().lower() if isinstance(requested, str) else requested, where)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def resolve_precision(requested: str, backend: Backend, where: str = "precision") -> str:
     """The concrete precision (fp32, tf32 or bf16) ``requested`` means on ``backend``.
 
@@ -125,10 +133,7 @@ def resolve_precision(requested: str, backend: Backend, where: str = "precision"
     sm_80). tf32/bf16 on a GPU without tensor cores is an error (the fp32 kernels are the
     only ones it runs); the CPU backends compute every precision (NumPy rounds the same way).
     """
-    try:
-        name = check_precision(str(requested).strip().lower() if isinstance(requested, str) else requested, where)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    name = _precision_name(requested, where)
     if name == "auto":
         return "tf32" if backend.tensor_cores else "fp32"
     if name != "fp32" and backend.on_device and not backend.tensor_cores:
