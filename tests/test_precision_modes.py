@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from gpucnn import backend as backend_module
 from gpucnn import layers
-from gpucnn.backend import Backend, NumpyOps, choose_precision, create_backend, resolve_precision
+from gpucnn.backend import Backend, choose_precision, create_backend, resolve_precision
 from gpucnn.bench import report, torch_peers
 from gpucnn.bench.command import bench
 from gpucnn.cli import cli
@@ -103,7 +103,8 @@ def test_emulated_conv_ops_equal_numpy_in_the_same_precision(emulated, precision
     ady, ax = _abs64(precision, dy, x)
     assert_same_sum_up_to_order(dw, ref.conv2d_backward_filter(dy, x, wt.shape, stride, padding),
                                 numpy_ops.conv2d_backward_filter(ady, ax, wt.shape, stride, padding),
-                                n * y.shape[2] * y.shape[3], fp32.conv2d_backward_filter(dy, x, wt.shape, stride, padding))
+                                n * y.shape[2] * y.shape[3],
+                                fp32.conv2d_backward_filter(dy, x, wt.shape, stride, padding))
 
 
 @pytest.mark.parametrize("precision", REDUCED)
@@ -125,7 +126,8 @@ def test_emulated_dense_ops_equal_numpy_in_the_same_precision(emulated, precisio
     assert_same_sum_up_to_order(dx, rdx, ady @ aw, o, fdx)
     assert_same_sum_up_to_order(dw, rdw, ady.T @ ax, n, fdw)
     # the bias gradient stays a full-precision sum of the unrounded dy
-    np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=0), rtol=0, atol=2 * n * U * np.abs(dy).sum(0).max())
+    np.testing.assert_allclose(db, dy.astype(np.float64).sum(axis=0), rtol=0,
+                               atol=2 * n * U * np.abs(dy).sum(0).max())
 
 
 def test_the_tensor_core_kernels_run_in_tf32_and_bf16_only(emulated, monkeypatch):
@@ -179,7 +181,8 @@ def test_fp32_numpy_is_bit_identical_to_the_unrounded_ops():
                           (dy.transpose(1, 0, 2, 3).reshape(4, -1) @ cols.T).reshape(w.shape))
     xd, wd, dyd = randn(rng, 3, 5), randn(rng, 2, 5), randn(rng, 3, 2)
     assert np.array_equal(ops.dense_forward(xd, wd, None), xd @ wd.T)
-    assert all(np.array_equal(g, e) for g, e in zip(ops.dense_backward(dyd, xd, wd), (dyd @ wd, dyd.T @ xd, dyd.sum(0))))
+    got = ops.dense_backward(dyd, xd, wd)
+    assert all(np.array_equal(g, e) for g, e in zip(got, (dyd @ wd, dyd.T @ xd, dyd.sum(0))))
 
 
 @pytest.mark.parametrize("precision", ("fp32", *REDUCED))

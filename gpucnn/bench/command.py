@@ -105,8 +105,8 @@ def _command_argv() -> list[str]:
 @click.option("--link-gbps", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
               help="Link bandwidth for --allreduce's ring bound (Gbit/s).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines, only the final table.")
-def bench(sets, shape_texts, batches, ops_text, device, precision, repeats, warmup, variant_texts, all_variants, gate_batch,
-          peers, sgemm_size, train, train_models, train_batch, train_images, json_path, markdown_path, plot_path,
+def bench(sets, shape_texts, batches, ops_text, device, precision, repeats, warmup, variant_texts, all_variants,
+          gate_batch, peers, sgemm_size, train, train_models, train_batch, train_images, json_path, markdown_path, plot_path,
           allreduce, link_gbps, quiet) -> None:
     """Benchmark the ops (checked against NumPy first) and training steps against NumPy and PyTorch.
 

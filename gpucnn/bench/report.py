@@ -85,7 +85,8 @@ def peer_names(records: list[dict]) -> list[str]:
     return names
 
 
-def kernel_rows(records: list[dict], backend_name: str, peak: float | None = None) -> tuple[list[str], list[list[str]]]:
+def kernel_rows(records: list[dict], backend_name: str,
+                peak: float | None = None) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the kernel table (ms = median per call, spread = IQR); with the GPU's
     ``peak`` TFLOP/s, a %peak column for the FLOP-counted ops."""
     peers = peer_names(records)
