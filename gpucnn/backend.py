@@ -9,6 +9,13 @@ Selection: ``set_backend(name)``, else the ``GPUCNN_BACKEND`` environment variab
 else ``auto`` (cuda when CuPy imports and a device answers, otherwise numpy,
 announced once on stderr). An explicit ``cuda`` that cannot run raises
 ``BackendUnavailable`` naming the cause; it never falls back silently.
+
+Precision (``gpucnn.precision.PRECISIONS``): a new backend starts in ``GPUCNN_PRECISION``
+(default ``auto``); ``Backend.set_precision(name)`` changes it. ``resolve_precision`` is the
+one place ``auto`` is decided: tf32 on a GPU with tensor cores (compute capability >= 8.0),
+fp32 everywhere else. The backend's ``precision`` is always concrete (fp32, tf32 or bf16)
+and its ops read it on every call: the convolution and dense GEMMs round their operands
+to it (NumPy: ``gpucnn.precision.operand_rounding``; kernels: the tensor-core kernels).
 """
 
 from __future__ import annotations
@@ -22,13 +29,19 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from gpucnn.errors import BackendUnavailable
+from gpucnn.errors import BackendUnavailable, ConfigError
+from gpucnn.precision import check_precision
 
 BACKEND_NAMES = ("auto", "numpy", "cuda", "emulated")
 _ALIASES = {"cpu": "numpy", "gpu": "cuda"}
 # Every spelling a user may give (config ``training.device``, ``--device``, GPUCNN_BACKEND).
 DEVICE_CHOICES = ("auto", "cpu", "numpy", "cuda", "gpu", "emulated")
 ENV_VAR = "GPUCNN_BACKEND"
+PRECISION_ENV_VAR = "GPUCNN_PRECISION"
+# The GEMM ops whose operands a reduced precision rounds (everything else stays fp32).
+PRECISION_OPS = ("conv2d_forward", "conv2d_backward_data", "conv2d_backward_filter", "dense_forward",
+                 "dense_backward")
+TENSOR_CORE_CAPABILITY = (8, 0)  # mma.sync tf32 m16n8k8 / bf16 m16n8k16 need sm_80
 
 
 @dataclass
@@ -38,7 +51,9 @@ class Backend:
     Capabilities that callers test instead of comparing names:
     ``on_device`` (arrays live in GPU memory, host copies cost a transfer; also: queued
     work is asynchronous and ``synchronize`` waits for it), ``supports_float64``,
-    ``kernels`` (ops run the kernels/*.cu sources: cuda and emulated).
+    ``kernels`` (ops run the kernels/*.cu sources: cuda and emulated), ``tensor_cores``
+    (a GPU of compute capability >= 8.0). ``precision`` is the resolved GEMM precision
+    (fp32, tf32 or bf16); change it with ``set_precision``.
     """
 
     name: str
@@ -49,6 +64,26 @@ class Backend:
     on_device: bool = False
     kernels: bool = False
     notes: list = field(default_factory=list)
+    compute_capability: tuple | None = None  # (major, minor) of a GPU; None on CPU backends
+    precision: str = "fp32"
+    requested_precision: str = "fp32"
+
+    @property
+    def tensor_cores(self) -> bool:
+        """True on a GPU with TF32/BF16 tensor cores (compute capability >= 8.0)."""
+        return self.on_device and self.compute_capability is not None and \
+            tuple(self.compute_capability) >= TENSOR_CORE_CAPABILITY
+
+    def set_precision(self, name: str, where: str = "precision") -> str:
+        """Make ``name`` (auto, fp32, tf32, bf16) this backend's precision; return the resolved one.
+
+        ``where`` names the setting in the error a bad value raises (a ConfigError).
+        """
+        resolved = resolve_precision(name, self, where)
+        self.requested_precision, self.precision = _precision_name(name, where), resolved
+        if hasattr(self.ops, "precision"):
+            self.ops.precision = resolved
+        return resolved
 
     @property
     def supports_float64(self) -> bool:
@@ -87,6 +122,67 @@ class Backend:
 
 _current: Backend | None = None
 _announced = False
+
+
+def _precision_name(requested, where: str) -> str:
+    """``requested`` in lower case if it is one of PRECISIONS, else a ConfigError naming ``where``."""
+    try:
+        return check_precision(requested.strip().lower() if isinstance(requested, str) else requested, where)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def resolve_precision(requested: str, backend: Backend, where: str = "precision") -> str:
+    """The concrete precision (fp32, tf32 or bf16) ``requested`` means on ``backend``.
+
+    ``auto``: tf32 on a GPU with tensor cores, fp32 elsewhere (numpy, emulated, GPUs before
+    sm_80). tf32/bf16 on a GPU without tensor cores is an error (the fp32 kernels are the
+    only ones it runs); the CPU backends compute every precision (NumPy rounds the same way).
+    """
+    name = _precision_name(requested, where)
+    if name == "auto":
+        return "tf32" if backend.tensor_cores else "fp32"
+    if name != "fp32" and backend.on_device and not backend.tensor_cores:
+        cc = ".".join(str(v) for v in backend.compute_capability or ("?",))
+        raise ConfigError(f"{where}: {name} needs tensor cores (compute capability >= 8.0); "
+                          f"{backend.device_name} has {cc}; use fp32 (or auto)")
+    return name
+
+
+def choose_precision(option: str | None = None, config_value: str | None = None) -> tuple[str, str]:
+    """(precision, where it came from): ``option`` (--precision), else GPUCNN_PRECISION, else the
+    config's ``training.precision``, else auto; the same precedence as the backend choice."""
+    if option:
+        return option, "--precision"
+    env = os.environ.get(PRECISION_ENV_VAR)
+    if env:
+        return env, PRECISION_ENV_VAR
+    if config_value:
+        return config_value, "training.precision"
+    return "auto", "precision"
+
+
+class NumpyOps:
+    """``gpucnn.ops.numpy_ops`` with the GEMM ops (PRECISION_OPS) rounding to ``precision``.
+
+    Every other op is the module's function itself; ``precision`` is set by the backend.
+    """
+
+    def __init__(self, module, precision: str = "fp32"):
+        self._module = module
+        self.precision = precision
+        for op in PRECISION_OPS:
+            setattr(self, op, self._rounded(getattr(module, op)))
+
+    def _rounded(self, fn):
+        def op(*args, **kwargs):
+            return fn(*args, precision=self.precision, **kwargs)
+
+        op.__name__, op.__doc__ = fn.__name__, fn.__doc__
+        return op
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
 
 
 def normalize_name(name: str) -> str:
@@ -149,7 +245,7 @@ def driver_cuda_version() -> tuple[int, int] | None:
 def _make_numpy() -> Backend:
     from gpucnn.ops import numpy_ops
 
-    return Backend("numpy", np, numpy_ops, "CPU (NumPy)")
+    return Backend("numpy", np, NumpyOps(numpy_ops), "CPU (NumPy)")
 
 
 def _make_cuda() -> Backend:
@@ -164,7 +260,7 @@ def _make_cuda() -> Backend:
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     return Backend("cuda", cupy, KernelOps(CudaLauncher(), cupy), name, float_dtypes=(np.float32,),
-                   on_device=True, kernels=True)
+                   on_device=True, kernels=True, compute_capability=(int(props["major"]), int(props["minor"])))
 
 
 def _make_emulated() -> Backend:
@@ -177,7 +273,19 @@ def _make_emulated() -> Backend:
     )
 
 
-def create_backend(name: str) -> Backend:
+def create_backend(name: str, precision: str | None = None, where: str = "precision") -> Backend:
+    """Build a backend by name, in ``precision`` (default: GPUCNN_PRECISION, else auto).
+
+    ``where`` names the precision's source in the error a bad value raises.
+    """
+    backend = _create(name)
+    if precision is None:
+        precision, where = choose_precision()
+    backend.set_precision(precision, where)
+    return backend
+
+
+def _create(name: str) -> Backend:
     """Build a backend by name; ``auto`` picks cuda when usable, else numpy (announced once)."""
     global _announced
     key = normalize_name(name)
@@ -206,10 +314,10 @@ def get_backend() -> Backend:
     return _current
 
 
-def set_backend(name: str) -> Backend:
-    """Make ``name`` the current backend and return it."""
+def set_backend(name: str, precision: str | None = None, where: str = "precision") -> Backend:
+    """Make ``name`` the current backend (in ``precision``, see create_backend) and return it."""
     global _current
-    _current = create_backend(name)
+    _current = create_backend(name, precision, where)
     return _current
 
 

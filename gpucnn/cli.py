@@ -23,6 +23,7 @@ from gpucnn import backend as backend_module
 from gpucnn.config import shipped_config_names
 from gpucnn.data import DATASETS
 from gpucnn.errors import ConfigError, GpucnnError
+from gpucnn.precision import PRECISIONS
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -85,6 +86,12 @@ def _device_option(f):
                         help="Compute backend: auto (cuda if usable, else numpy), cpu/numpy, cuda, emulated.")(f)
 
 
+def _precision_option(f):
+    return click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default=None,
+                        help="GEMM precision: auto (tf32 on GPUs with tensor cores, else fp32), fp32, tf32, "
+                             "bf16 (training.precision; GPUCNN_PRECISION).")(f)
+
+
 @cli.command()
 @click.option("--config", "config_source", metavar="PATH|NAME", default=None,
               help=f"TOML config file, or the name of a shipped config ({', '.join(shipped_config_names())}). "
@@ -93,6 +100,7 @@ def _device_option(f):
 @click.option("--dataset", type=click.Choice(DATASETS, case_sensitive=False), default=None,
               help="Dataset to train on (data.dataset); 'folder' reads --set data.path=DIR.")
 @_device_option
+@_precision_option
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Number of epochs (training.epochs).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size (data.batch_size).")
 @click.option("--lr", type=float, default=None, help="Base learning rate (optimizer.lr).")
@@ -108,7 +116,7 @@ def _device_option(f):
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
               help="Data-parallel ranks to start on this machine (mpiexec of the mpi extra); "
                    "data.batch_size stays the global batch.")
-def train(config_source, data_dir, dataset, device, epochs, batch_size, lr, seed, out, resume, overwrite,
+def train(config_source, data_dir, dataset, device, precision, epochs, batch_size, lr, seed, out, resume, overwrite,
           overrides, nproc) -> None:
     """Train a model from a config; writes config.toml, metrics.jsonl, last.npz and best.npz to --out."""
     if nproc is not None and nproc > 1:
@@ -118,7 +126,7 @@ def train(config_source, data_dir, dataset, device, epochs, batch_size, lr, seed
             sys.exit(relaunch(nproc, click.get_current_context()))
     with user_errors():
         result = _train(config_source, data_dir, dataset, device, epochs, batch_size, lr, seed, out, resume,
-                        overwrite, overrides)
+                        overwrite, overrides, precision)
     if result.status == "interrupted":
         sys.exit(128 + result.signal if result.signal else EXIT_INTERRUPTED)
 
@@ -128,8 +136,20 @@ def _device(option: str | None, config: dict) -> str:
     return option or os.environ.get(backend_module.ENV_VAR) or config["training"]["device"]
 
 
+def _set_backend(device: str | None, precision: str | None, config: dict):
+    """Make the run's backend current: --device/GPUCNN_BACKEND/config, in --precision/GPUCNN_PRECISION/config."""
+    value, where = backend_module.choose_precision(precision, config["training"]["precision"])
+    return backend_module.set_backend(_device(device, config), value, where)
+
+
+def _device_line(backend) -> str:
+    """The run's first line: device, backend and the resolved precision (and that auto chose it)."""
+    chosen = " (auto)" if backend.requested_precision == "auto" else ""
+    return f"device: {backend.device_name} ({backend.name} backend), precision: {backend.precision}{chosen}"
+
+
 def _train(config_source, data_dir, dataset_name, device, epochs, batch_size, lr, seed, out, resume, overwrite,
-           overrides):
+           overrides, precision=None):
     from gpucnn.build import build_run
     from gpucnn.checkpoint import load_checkpoint
     from gpucnn.config import apply_overrides, load_config, validate_config
@@ -152,7 +172,7 @@ def _train(config_source, data_dir, dataset_name, device, epochs, batch_size, lr
         config = load_config(config_source)
         stem = Path(config_source).stem if config_source else "lenet5"
     options = {"data.data_dir": data_dir, "data.dataset": dataset_name, "training.device": device,
-               "training.epochs": epochs,
+               "training.precision": precision, "training.epochs": epochs,
                "data.batch_size": batch_size, "optimizer.lr": lr, "training.seed": seed}
     config = apply_overrides(config, [f"{k}={_toml_literal(v)}" for k, v in options.items() if v is not None])
     config = validate_config(apply_overrides(config, list(overrides)))
@@ -166,7 +186,7 @@ def _train(config_source, data_dir, dataset_name, device, epochs, batch_size, lr
     if world.is_root:
         check_out_dir(out_dir, Path(resume) if resume else None, overwrite)
         prepare_out_dir(out_dir, clear=overwrite and not resume)
-    backend = backend_module.set_backend(_device(device, config))
+    backend = _set_backend(device, precision, config)
     dataset = _load_dataset(config)
     if dataset_name is not None and checkpoint is None:  # another dataset: the head follows its classes
         from gpucnn.build import fit_classifier
@@ -176,7 +196,7 @@ def _train(config_source, data_dir, dataset_name, device, epochs, batch_size, lr
             click.echo(f"note: {note}")
     trainer = Trainer(build_run(config, dataset, checkpoint, checkpoint_path=resume, world=world), out_dir,
                       echo=click.echo)
-    click.echo(f"device: {backend.device_name} ({backend.name} backend)")
+    click.echo(_device_line(backend))
     val = f" / {len(dataset.y_val)} validation" if dataset.x_val is not None else ""
     click.echo(f"data: {dataset.name}, {len(dataset.y_train)} train{val} / {len(dataset.y_test)} test images "
                f"{dataset.image_shape}, {len(trainer.train_loader)} batches of {config['data']['batch_size']}")
@@ -212,17 +232,18 @@ def _load_dataset(config: dict):
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Where datasets are kept.")
 @_device_option
+@_precision_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Evaluation batch size.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average the prediction with the mirrored image.")
 @click.option("--confusion", "confusion_path", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
               help="Also draw the confusion matrix with class names (needs matplotlib: gpucnn[plot]).")
-def evaluate(checkpoint, data_dir, device, batch_size, tta, confusion_path) -> None:
+def evaluate(checkpoint, data_dir, device, precision, batch_size, tta, confusion_path) -> None:
     """Test loss, accuracy and per-class accuracy of a checkpoint (its config says model and data)."""
     with user_errors():
-        _evaluate(checkpoint, data_dir, device, batch_size, tta, confusion_path)
+        _evaluate(checkpoint, data_dir, device, batch_size, tta, confusion_path, precision)
 
 
-def _evaluate(path, data_dir, device, batch_size, tta, confusion_path=None) -> None:
+def _evaluate(path, data_dir, device, batch_size, tta, confusion_path=None, precision=None) -> None:
     from gpucnn.build import build_run
     from gpucnn.checkpoint import load_checkpoint
     from gpucnn.evaluate import evaluate_model
@@ -236,13 +257,13 @@ def _evaluate(path, data_dir, device, batch_size, tta, confusion_path=None) -> N
         raise ConfigError(f"--tta averages each image with its mirror, but {path} was trained without flips "
                           "(data.augment.flip = false), so mirrored images are new to it (mirrored digits "
                           "are different digits); evaluate without --tta")
-    backend = backend_module.set_backend(_device(device, config))
+    backend = _set_backend(device, precision, config)
     dataset = _load_dataset(config)
     run = build_run(config, dataset, ckpt, train=False, eval_batch_size=batch_size, checkpoint_path=path)
     start = time.perf_counter()
     result = evaluate_model(run.model, run.loss_fn, run.test_loader, dataset.num_classes, tta=tta)
     seconds = time.perf_counter() - start
-    click.echo(f"checkpoint: {path} (epoch {ckpt.progress.epoch}), device: {backend.device_name}")
+    click.echo(f"checkpoint: {path} (epoch {ckpt.progress.epoch}), {_device_line(backend)}")
     click.echo(f"test loss {result.loss:.4f}  accuracy {100 * result.accuracy:.2f}%  "
                f"({len(dataset.y_test)} images{', mirrored TTA' if tta else ''}, {seconds:.1f}s)")
     click.echo(per_class_table(result.confusion, dataset.classes))

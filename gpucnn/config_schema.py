@@ -18,6 +18,7 @@ from gpucnn.errors import ConfigError
 from gpucnn.init import INIT_NAMES
 from gpucnn.layers import ACTIVATION_LAYERS, PARAMETRIC_LAYERS
 from gpucnn.optim import OPTIMIZER_NAMES, PARAM_KINDS
+from gpucnn.precision import PRECISIONS
 from gpucnn.schedules import SCHEDULE_NAMES
 
 
@@ -304,6 +305,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "epochs": Field(integer(1), 10),
         "seed": Field(integer(0, 2**32 - 1), 0),
         "device": Field(choice(*DEVICE_CHOICES), "auto"),
+        # GEMM precision: auto (tf32 on GPUs with tensor cores, else fp32), fp32, tf32, bf16
+        "precision": Field(choice(*PRECISIONS), "auto"),
         "eval_every": Field(integer(1), 1),
         # stop when ``metric`` has not improved for ``patience`` epochs; patience 0 = never
         "early_stopping": Field(

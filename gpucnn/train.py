@@ -4,7 +4,7 @@
 loss, schedule, loaders, and the checkpoint it resumes from) and writes into ``out_dir``:
   config.toml    the resolved config
   metrics.jsonl  one JSON object per epoch (epoch, train_loss, train_acc, test_loss, test_acc,
-                 lr, seconds, images_per_s, ...)
+                 lr, seconds, images_per_s, precision (the backend's GEMM precision), ...)
   last.npz       after every epoch, and on an interrupt (mid-epoch, resumable exactly)
   best.npz       whenever the test accuracy improves
 
@@ -260,7 +260,7 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
                   "val_loss": None, "val_acc": None, "test_loss": None, "test_acc": None, "lr": lr,
                   "seconds": seconds, "images_per_s": timed_images / seconds if seconds > 0 else None,
-                  "steps": progress.global_step}
+                  "steps": progress.global_step, "precision": self.backend.precision}
         evaluate = (epoch + 1) % self.config["training"]["eval_every"] == 0 or epoch + 1 == self.epochs
         if evaluate:
             averaged = self.run.ema.averaged() if self.run.ema is not None else contextlib.nullcontext()

@@ -15,6 +15,7 @@ import click
 
 from gpucnn.backend import DEVICE_CHOICES
 from gpucnn.errors import GpucnnError
+from gpucnn.precision import PRECISIONS
 
 
 @contextmanager
@@ -73,6 +74,9 @@ def _command_argv() -> list[str]:
               help="Only these ops (comma-separated names or globs, e.g. 'conv2d_*,maxpool2d_forward').")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES, case_sensitive=False), default="auto", show_default=True,
               help="Backend to benchmark: auto, cpu/numpy, cuda/gpu, emulated.")
+@click.option("--precision", type=click.Choice(PRECISIONS, case_sensitive=False), default=None,
+              help="GEMM precision of ours (auto: tf32 on GPUs with tensor cores, else fp32; default "
+                   "GPUCNN_PRECISION, else auto); the GPU's PyTorch peers run in the same one.")
 @click.option("--repeats", type=click.IntRange(1), default=20, show_default=True, help="Timed samples per measurement.")
 @click.option("--warmup", type=click.IntRange(0), default=3, show_default=True, help="Untimed calls first.")
 @click.option("--variant", "variant_texts", multiple=True, metavar="OP=NAME",
@@ -101,8 +105,8 @@ def _command_argv() -> list[str]:
 @click.option("--link-gbps", type=click.FloatRange(min=0, min_open=True), default=100.0, show_default=True,
               help="Link bandwidth for --allreduce's ring bound (Gbit/s).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines, only the final table.")
-def bench(sets, shape_texts, batches, ops_text, device, repeats, warmup, variant_texts, all_variants, gate_batch,
-          peers, sgemm_size, train, train_models, train_batch, train_images, json_path, markdown_path, plot_path,
+def bench(sets, shape_texts, batches, ops_text, device, precision, repeats, warmup, variant_texts, all_variants,
+          gate_batch, peers, sgemm_size, train, train_models, train_batch, train_images, json_path, markdown_path, plot_path,
           allreduce, link_gbps, quiet) -> None:
     """Benchmark the ops (checked against NumPy first) and training steps against NumPy and PyTorch.
 
@@ -142,7 +146,8 @@ def bench(sets, shape_texts, batches, ops_text, device, repeats, warmup, variant
         from gpucnn.bench.runner import run_bench
 
         result = run_bench(device, kernel_settings, train_settings, sgemm_size, log=log,
-                           check_outputs=(json_path, markdown_path, plot_path), argv=_command_argv())
+                           check_outputs=(json_path, markdown_path, plot_path), argv=_command_argv(),
+                           precision=precision)
         from gpucnn.bench import report
 
         click.echo(report.render_text(result))

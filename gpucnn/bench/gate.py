@@ -4,7 +4,10 @@ The op runs on the benchmark backend in float32 at a (possibly smaller) batch; t
 is ``numpy_ops`` in float64 on the same values. The error of each output is
 ``max|ours - ref| / max|ref|`` and must stay under ``1e-4 * max(1, sqrt(L / 64))`` where L
 is the op's reduction length (terms summed per output value). Integer outputs (max-pool
-argmax) must match exactly. A failure raises ``BenchCheckError`` with the op, the shape and
+argmax) must match exactly. In tf32/bf16 (``backend.precision``) the reference of the GEMM ops
+is the NumPy backend in the same precision (operands rounded alike, float32 sums; its own
+error is far under the tolerance), since only that is what the tensor cores should compute.
+A failure raises ``BenchCheckError`` with the op, the shape and
 the error: one line, non-zero exit at the CLI.
 """
 
@@ -70,14 +73,22 @@ def _rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
 _REFERENCE_CACHE: dict[tuple, list[np.ndarray]] = {}
 
 
-def _reference(op: str, small: Shape, seed: int, case: OpCase) -> list[np.ndarray]:
+def _reference(op: str, small: Shape, seed: int, case: OpCase, precision: str = "fp32") -> list[np.ndarray]:
     """float64 NumPy outputs of ``case``, cached so that kernel variants share one reference."""
-    key = (op, small.label, seed)
+    key = (op, small.label, seed, precision)
     if key not in _REFERENCE_CACHE:
         if len(_REFERENCE_CACHE) > 8:
             _REFERENCE_CACHE.clear()
-        ref_args = to_float64(case.args)
-        _REFERENCE_CACHE[key] = output_arrays(getattr(numpy_ops, op)(*ref_args), ref_args, case)
+        if precision == "fp32":
+            ref_args = to_float64(case.args)
+            outputs = output_arrays(getattr(numpy_ops, op)(*ref_args), ref_args, case)
+        else:
+            from gpucnn.backend import NumpyOps
+
+            ref_args = [a.copy() if isinstance(a, np.ndarray) else a for a in case.args]
+            outputs = output_arrays(getattr(NumpyOps(numpy_ops, precision), op)(*ref_args), ref_args, case)
+            outputs = [o.astype(np.float64) if o.dtype == np.float32 else o for o in outputs]
+        _REFERENCE_CACHE[key] = outputs
     return _REFERENCE_CACHE[key]
 
 
@@ -92,7 +103,7 @@ def check_op(op: str, shape: Shape, backend, gate_batch: int, seed: int = 0) -> 
     except Exception as exc:  # a kernel that cannot run is as wrong as one that computes garbage
         text = " ".join(str(exc).split())[:300]
         raise BenchCheckError(f"bench check failed: {where}: the op raised {type(exc).__name__}: {text}") from exc
-    ref_out = _reference(op, small, seed, case)
+    ref_out = _reference(op, small, seed, case, getattr(backend, "precision", "fp32"))
     tol = tolerance(case.reduction)
     if len(ours_out) != len(ref_out):
         raise BenchCheckError(f"bench check failed: {where}: returned {len(ours_out)} arrays, "

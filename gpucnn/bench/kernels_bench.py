@@ -125,7 +125,7 @@ def _time_numpy(case: OpCase, settings: KernelBenchSettings) -> Timing:
 
 
 def _time_torch(case: OpCase, mode, torch, settings: KernelBenchSettings) -> Timing | None:
-    fn = torch_peers.make_peer(case, torch, mode.device)
+    fn = torch_peers.make_peer(case, torch, mode.device, getattr(mode, "bf16", False))
     if fn is None:
         return None
     with mode.active(torch):

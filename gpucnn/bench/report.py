@@ -1,7 +1,9 @@
 """Presenting results: aligned terminal tables, the JSON file, a markdown summary, a plot.
 
 The JSON (``SCHEMA``) holds every figure: ``{"schema", "timestamp", "command", "device",
-"versions", "settings", "reference", "peer_modes", "kernels": [...], "train": [...]}``;
+"versions", "precision", "peak_tflops", "settings", "reference", "peer_modes", "kernels": [...],
+"train": [...]}``; ``peak_tflops`` is the GPU's dense peak in that precision (``PEAK_TFLOPS``),
+null when the device is not in the table;
 every file is written to a temporary name first and moved into place (``os.replace``).
 """
 
@@ -16,6 +18,27 @@ from gpucnn.atomic import atomic_open
 from gpucnn.errors import GpucnnError
 
 SCHEMA = "gpucnn-bench/1"
+
+
+# Dense (no sparsity) peak TFLOP/s by precision from NVIDIA's data sheets: fp32 on the CUDA
+# cores, tf32/bf16 on the tensor cores. Matched against the device name in this order (the
+# most specific spelling first); a device not listed has no peak in the report.
+PEAK_TFLOPS = (
+    ("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0}),
+    ("H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5}),
+    ("H100", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4}),  # SXM5 ("NVIDIA H100 80GB HBM3")
+    ("H200 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5}),
+    ("H200", {"fp32": 66.9, "tf32": 494.7, "bf16": 989.4}),  # SXM
+    ("A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}),
+)
+
+
+def peak_tflops(device_name: str, precision: str) -> float | None:
+    """The GPU's dense peak TFLOP/s in ``precision`` (fp32/tf32/bf16), or None when unknown."""
+    for key, peaks in PEAK_TFLOPS:
+        if key.lower() in str(device_name).lower():
+            return peaks.get(precision)
+    return None
 
 
 class BenchOutputError(GpucnnError):
@@ -62,10 +85,14 @@ def peer_names(records: list[dict]) -> list[str]:
     return names
 
 
-def kernel_rows(records: list[dict], backend_name: str) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the kernel table (ms = median per call, spread = IQR)."""
+def kernel_rows(records: list[dict], backend_name: str,
+                peak: float | None = None) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the kernel table (ms = median per call, spread = IQR); with the GPU's
+    ``peak`` TFLOP/s, a %peak column for the FLOP-counted ops."""
     peers = peer_names(records)
     headers = ["layer", "op", "shape", f"ours ({backend_name}) ms", "IQR", "rate", "%ref"]
+    if peak:
+        headers.append("%peak")
     for name in peers:
         headers += [f"{name} ms", "ours/peer"]
     rows = []
@@ -76,6 +103,9 @@ def kernel_rows(records: list[dict], backend_name: str) -> tuple[list[str], list
         row = [f"{r['set']}/{r['layer']}" if r["layer"] else r["set"], op, r["shape"].split(":", 1)[1],
                _fmt(r["ours"]["ms"]), _fmt(t["q3_ms"] - t["q1_ms"]),
                f"{_fmt(r['ours']['rate'], 1)} {r['metric']}", "-" if frac is None else f"{100 * frac:.1f}%"]
+        if peak:
+            flops = r["metric"] == "GFLOP/s" and r["ours"]["rate"] is not None
+            row.append(f"{100 * r['ours']['rate'] / (1000 * peak):.1f}%" if flops else "-")
         for name in peers:
             entry = r["peers"].get(name)
             if entry is None or entry["ms"] is None:
@@ -103,14 +133,23 @@ def references_line(reference: dict) -> str:
             f"copy {_fmt(c['gbps'], 1)} GB/s; %ref = ours / SGEMM (GFLOP/s ops) or / copy (GB/s ops)")
 
 
+def precision_line(result: dict) -> str:
+    """Our precision, and the GPU's peak in it when known."""
+    precision = result.get("precision", "fp32")
+    peak = result.get("peak_tflops")
+    where = f"; {result['device']['name']} peak {_fmt(peak, 1)} TFLOP/s in {precision} (dense)" if peak else ""
+    return f"precision: {precision}{where}"
+
+
 def render_text(result: dict) -> str:
     """The whole terminal report."""
     device = result["device"]
-    lines = [f"gpucnn bench on {device['name']} (backend {device['backend']}), {result['timestamp']}"]
+    lines = [f"gpucnn bench on {device['name']} (backend {device['backend']}), {result['timestamp']}",
+             precision_line(result)]
     if result.get("reference"):
         lines.append(references_line(result["reference"]))
     if result.get("kernels"):
-        headers, rows = kernel_rows(result["kernels"], device["backend"])
+        headers, rows = kernel_rows(result["kernels"], device["backend"], result.get("peak_tflops"))
         lines += ["", format_table(headers, rows, right=set(range(3, len(headers))))]
         lines.append("ms: median per call over the repeats; ours/peer > 1 means ours is slower.")
     if result.get("train"):
@@ -159,14 +198,14 @@ def render_markdown(result: dict) -> str:
     lines = [f"# gpucnn bench: {device['name']}", "",
              f"- backend: `{device['backend']}`; recorded {result['timestamp']}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-             f"- command: `{result['command']}`"]
+             f"- command: `{result['command']}`", f"- {precision_line(result)}"]
     for mode in result.get("peer_modes", []):
         flags = ", ".join(f"{k}={v}" for k, v in mode.items() if k not in ("name",))
         lines.append(f"- peer `{mode['name']}`: {flags}")
     if result.get("reference"):
         lines.append(f"- {references_line(result['reference'])}")
     if result.get("kernels"):
-        headers, rows = kernel_rows(result["kernels"], device["backend"])
+        headers, rows = kernel_rows(result["kernels"], device["backend"], result.get("peak_tflops"))
         lines += ["", "## Kernels", "", "Median ms per call; IQR = interquartile range; ours/peer > 1: ours slower.",
                   "", _md_table(headers, rows)]
     if result.get("train"):

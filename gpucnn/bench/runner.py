@@ -12,7 +12,7 @@ from gpucnn.backend import use_backend
 from gpucnn.bench import torch_peers
 from gpucnn.bench.environment import default_sgemm_size, describe_environment, measure_references
 from gpucnn.bench.kernels_bench import KernelBenchSettings, run_kernel_bench
-from gpucnn.bench.report import SCHEMA, BenchOutputError
+from gpucnn.bench.report import SCHEMA, BenchOutputError, peak_tflops
 from gpucnn.bench.train_bench import TrainSettings, run_train_bench
 
 
@@ -43,19 +43,25 @@ def _settings_dict(kernel: KernelBenchSettings | None, train: TrainSettings | No
 
 def run_bench(device: str, kernel: KernelBenchSettings | None, train: TrainSettings | None,
               sgemm_size: int | None = None, log: Callable[[str], None] = lambda s: None,
-              check_outputs=(), argv: list[str] | None = None) -> dict:
-    """Run the requested benchmarks on ``device`` and return the full result dict."""
+              check_outputs=(), argv: list[str] | None = None, precision: str | None = None) -> dict:
+    """Run the requested benchmarks on ``device`` in ``precision`` (None: GPUCNN_PRECISION, else
+    auto) and return the full result dict."""
     check_output_paths(check_outputs)
     torch = torch_peers.load_torch()
     with use_backend(device) as backend:
+        if precision is not None:
+            backend.set_precision(precision, "--precision")
         result = {"schema": SCHEMA, **describe_environment(backend, torch, argv)}
+        result["precision"] = backend.precision
+        result["peak_tflops"] = peak_tflops(backend.device_name, backend.precision) if backend.on_device else None
         peers_on = (kernel.peers if kernel else False) or (train.peers if train else False)
         modes = torch_peers.peer_modes(backend, torch) if peers_on else []
         result["peer_modes"] = [mode.describe(torch) for mode in modes]
         if torch is None and peers_on:
             log("torch is not importable: no PyTorch peers in this run")
         size = sgemm_size or default_sgemm_size(backend)
-        log(f"device: {backend.device_name} (backend {backend.name}); reference SGEMM {size}^3 and copy")
+        log(f"device: {backend.device_name} (backend {backend.name}), precision: {backend.precision}; "
+            f"reference SGEMM {size}^3 and copy")
         result["reference"] = measure_references(backend, size, repeats=5, warmup=2)
         result["settings"] = _settings_dict(kernel, train)
         result["kernels"] = []

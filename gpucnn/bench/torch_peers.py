@@ -1,9 +1,12 @@
 """PyTorch peers: the same op on the same data through PyTorch (cuDNN/cuBLAS on the GPU).
 
-Importing torch is optional: ``load_torch()`` returns None when it is missing. On the GPU two
-peers are timed: ``torch-fp32`` (TF32 off for cuDNN and cuBLAS: exact fp32 like ours) and
-``torch-default`` (PyTorch's own defaults, whatever they were at import). On CPU backends
-one peer, ``torch-cpu``. Every peer starts from the op's host NumPy arguments.
+Importing torch is optional: ``load_torch()`` returns None when it is missing. On the GPU the
+peers match our precision (``backend.precision``): in fp32 ``torch-fp32`` (TF32 off for cuDNN
+and cuBLAS: exact fp32 like ours) and ``torch-default`` (PyTorch's own defaults, whatever they
+were at import); in tf32 ``torch-tf32`` (allow_tf32 on for both); in bf16 ``torch-bf16``
+(autocast to bfloat16; the op peers take bf16 channels-last tensors, as autocast training
+hands the backward convolutions). On CPU backends one peer, ``torch-cpu``. Every peer
+starts from the op's host NumPy arguments.
 """
 
 from __future__ import annotations
@@ -29,23 +32,28 @@ def load_torch():
 
 @dataclass
 class PeerMode:
-    """A labelled PyTorch configuration: device and TF32 flags (None: leave as found)."""
+    """A labelled PyTorch configuration: device, TF32 flags (None: leave as found), and bf16
+    autocast with channels-last tensors (``bf16``)."""
 
     name: str
     device: str
     tf32: bool | None
+    bf16: bool = False
 
     @contextlib.contextmanager
     def active(self, torch) -> Iterator[None]:
-        """Apply this mode's TF32 flags for the duration of a measurement."""
-        if self.tf32 is None or self.device != "cuda":
+        """Apply this mode's TF32 flags (and bf16 autocast) for the duration of a measurement."""
+        if self.device != "cuda" or (self.tf32 is None and not self.bf16):
             yield
             return
         saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        torch.backends.cudnn.allow_tf32 = self.tf32
-        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        if self.tf32 is not None:
+            torch.backends.cudnn.allow_tf32 = self.tf32
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         try:
-            yield
+            with autocast:
+                yield
         finally:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
@@ -57,18 +65,26 @@ class PeerMode:
                 info["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
                 info["matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
                 info["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
+                info["autocast"] = "bf16" if self.bf16 else None
+                info["channels_last"] = self.bf16
         else:
             info["threads"] = int(torch.get_num_threads())
         return info
 
 
 def peer_modes(backend, torch) -> list[PeerMode]:
-    """Which torch peers run next to a backend: GPU pair on a GPU backend (when torch sees a GPU), else CPU."""
+    """Which torch peers run next to a backend: on a GPU backend (when torch sees a GPU) the ones
+    of the backend's precision, else the CPU one."""
     if torch is None:
         return []
     if backend.on_device:
         if not torch.cuda.is_available():
             return []
+        precision = getattr(backend, "precision", "fp32")
+        if precision == "tf32":
+            return [PeerMode("torch-tf32", "cuda", True)]
+        if precision == "bf16":
+            return [PeerMode("torch-bf16", "cuda", False, bf16=True)]
         return [PeerMode("torch-fp32", "cuda", False), PeerMode("torch-default", "cuda", None)]
     return [PeerMode("torch-cpu", "cpu", None)]
 
@@ -81,14 +97,29 @@ def _pair(v) -> list[int]:
     return list(v)
 
 
-def make_peer(case: OpCase, torch, device: str) -> Callable[[], object] | None:
-    """A no-argument callable running ``case.op`` in torch on ``device``, or None if unsupported."""
+def make_peer(case: OpCase, torch, device: str, bf16: bool = False) -> Callable[[], object] | None:
+    """A no-argument callable running ``case.op`` in torch on ``device``, or None if unsupported.
+
+    ``bf16``: for the GEMM ops (the ones our bf16 mode rounds), float tensors become bfloat16
+    and 4-d ones channels-last; every other op stays fp32, as it does in ours.
+    """
     import torch.nn.functional as F
+
+    from gpucnn.backend import PRECISION_OPS
+
+    bf16 = bf16 and case.op in PRECISION_OPS
 
     aten = torch.ops.aten
 
     def t(a):
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device) if isinstance(a, np.ndarray) else a
+        if not isinstance(a, np.ndarray):
+            return a
+        tensor = torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        if bf16 and tensor.is_floating_point():
+            tensor = tensor.to(torch.bfloat16)
+            if tensor.dim() == 4:
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
 
     def t_long(a):
         return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)

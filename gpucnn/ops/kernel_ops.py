@@ -19,6 +19,12 @@ backward), where cuBLAS cannot amortise the column buffer; wider ones go to cuBL
 xp.matmul (cuBLAS on the GPU), processing the batch in chunks that keep the buffer under
 ``col_buffer_bytes``; ``igemm`` are the shared-memory tiled implicit-GEMM kernels (no
 buffer); ``direct`` the textbook formulas.
+
+Precision (``ops.precision``, set by ``Backend.set_precision``): in ``tf32`` and ``bf16``
+the five GEMM ops (conv2d forward, backward-data and backward-filter, dense forward and
+backward) run the tensor-core kernels of kernels/conv2d_tc.cu through gpucnn.cuda.tc_ops,
+whatever variant is set; the bias gradients stay on ``channel_sum`` in fp32. ``fp32`` runs
+the kernels above (the only ones on GPUs before sm_80).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import math
 
 import numpy as np
 
+from gpucnn.cuda import tc_ops
 from gpucnn.ops import ACTIVATIONS
 from gpucnn.ops.np_norm import bn_activation_code
 
@@ -73,6 +80,8 @@ class KernelOps:
         # Bit-identical results from run to run (training.deterministic): max-pool backward
         # over overlapping windows becomes a gather instead of an atomicAdd scatter.
         self.deterministic = False
+        # GEMM precision: fp32 (the kernels above), or tf32/bf16 (the tensor-core kernels).
+        self.precision = "fp32"
 
     # ---- variants ---------------------------------------------------------------------
     @property
@@ -149,6 +158,11 @@ class KernelOps:
             return "direct" if op == "conv2d_forward" else "igemm"
         return VARIANTS[op][1]
 
+    @property
+    def _tensor_cores(self) -> bool:
+        """True when the GEMM ops go to the tensor-core kernels (precision tf32 or bf16)."""
+        return self.precision in tc_ops.PRECISIONS
+
     def _chunk(self, n: int, per_image_floats: int) -> int:
         return max(1, min(n, self.col_buffer_bytes // max(1, 4 * per_image_floats)))
 
@@ -158,6 +172,8 @@ class KernelOps:
         if b is not None:
             (b,) = self._float32("conv2d_forward", b)
         g = self._conv_geometry("conv2d_forward", x.shape, w.shape, stride, padding)
+        if self._tensor_cores:
+            return tc_ops.conv2d_forward_tc(self.launcher, self.xp, x, w, b, stride, padding, self.precision)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = g
         y = self._empty((n, o, oh, ow))
         variant = self._pick("conv2d_forward", o, c * kh * kw)
@@ -189,6 +205,9 @@ class KernelOps:
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = g
         if tuple(dy.shape) != (n, o, oh, ow):
             raise ValueError(f"conv2d_backward_data: dy has shape {dy.shape}, expected {(n, o, oh, ow)}")
+        if self._tensor_cores:
+            return tc_ops.conv2d_backward_data_tc(self.launcher, self.xp, dy, w, x_shape, stride, padding,
+                                                  self.precision)
         dx = self._empty((n, c, h, wd))
         variant = self._pick("conv2d_backward_data", o, c * kh * kw)
         if variant == "direct":
@@ -218,6 +237,9 @@ class KernelOps:
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = g
         if tuple(dy.shape) != (n, o, oh, ow):
             raise ValueError(f"conv2d_backward_filter: dy has shape {dy.shape}, expected {(n, o, oh, ow)}")
+        if self._tensor_cores:
+            return tc_ops.conv2d_backward_filter_tc(self.launcher, self.xp, dy, x, w_shape, stride, padding,
+                                                    self.precision)
         k, p = c * kh * kw, oh * ow
         dw = self._empty((o, c, kh, kw))
         variant = self._pick("conv2d_backward_filter", o, k)
@@ -344,10 +366,14 @@ class KernelOps:
         self._launch_flat("avgpool2d_backward", dx.size, dx, dy, *_i32(*g))
         return dx
 
-    # ---- dense (cuBLAS through xp.matmul) ---------------------------------------------
+    # ---- dense (cuBLAS through xp.matmul; tensor-core GEMMs in tf32/bf16) ----------------
     def dense_forward(self, x, w, b):
         """y (N, O) = x (N, I) @ w.T + b."""
         x, w = self._float32("dense_forward", x, w)
+        if self._tensor_cores:
+            if b is not None:
+                (b,) = self._float32("dense_forward", b)
+            return tc_ops.dense_forward_tc(self.launcher, self.xp, x, w, b, self.precision)
         y = self.xp.matmul(x, w.T)
         if b is not None:
             (b,) = self._float32("dense_forward", b)
@@ -357,8 +383,11 @@ class KernelOps:
     def dense_backward(self, dy, x, w):
         """(dx (N, I), dw (O, I), db (O,)) for dy (N, O)."""
         dy, x, w = self._float32("dense_backward", dy, x, w)
-        dx = self.xp.matmul(dy, w)
-        dw = self.xp.matmul(dy.T, x)
+        if self._tensor_cores:
+            dx, dw = tc_ops.dense_backward_tc(self.launcher, self.xp, dy, x, w, self.precision)
+        else:
+            dx = self.xp.matmul(dy, w)
+            dw = self.xp.matmul(dy.T, x)
         db = self._channel_sum(dy, dy.shape[0], dy.shape[1], 1)
         return dx, dw, db
 

@@ -4,12 +4,35 @@ Shapes: x (N, C, H, W), w (O, C, KH, KW), b (O,), y (N, O, OH, OW) with
 OH = (H + 2*ph - KH)//sh + 1. The column matrix has one row per filter tap
 (C*KH*KW rows) and one column per output pixel (N*OH*OW columns); the backward pass
 to the data scatters it back with a loop over the KH*KW kernel offsets (col2im).
+
+``precision`` (fp32, tf32 or bf16; the backend passes its own): the two GEMM operands of
+each pass are rounded with ``gpucnn.precision.operand_rounding`` before the GEMM, which
+then sums in float32 as in fp32 mode; the bias and its gradient stay full precision. This
+is the reference for the tensor-core kernels. fp32 runs the same code as before, unrounded.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from gpucnn.precision import operand_rounding
+
+
+def round_operands(precision: str, *arrays):
+    """The GEMM operands ``arrays`` rounded to ``precision``; fp32 returns them untouched.
+
+    The reduced precisions round float32 values (as the tensor cores do); float64 arrays
+    are refused there, since rounding them would hide what a float64 gradient check tests.
+    """
+    if precision == "fp32":
+        return arrays
+    rounding = operand_rounding(precision)
+    for a in arrays:
+        if a.dtype != np.float32:
+            raise TypeError(f"precision {precision} rounds float32 GEMM operands; got {a.dtype} "
+                            "(float64 runs use precision fp32)")
+    return tuple(rounding(np.ascontiguousarray(a)) for a in arrays)
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -70,8 +93,9 @@ def col2im(cols: np.ndarray, x_shape, kernel, stride, padding) -> np.ndarray:
     return np.ascontiguousarray(dx[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3))
 
 
-def conv2d_forward(x, w, b, stride, padding):
+def conv2d_forward(x, w, b, stride, padding, precision="fp32"):
     """y (N, O, OH, OW) = cross-correlation of x (N, C, H, W) with w (O, C, KH, KW) + b (O,)."""
+    x, w = round_operands(precision, x, w)
     n = x.shape[0]
     o = w.shape[0]
     cols, oh, ow = im2col(x, w.shape[2:], stride, padding)
@@ -86,19 +110,21 @@ def _delta_matrix(dy):
     return dy.transpose(1, 0, 2, 3).reshape(dy.shape[1], -1)
 
 
-def conv2d_backward_data(dy, w, x_shape, stride, padding):
+def conv2d_backward_data(dy, w, x_shape, stride, padding, precision="fp32"):
     """dx (N, C, H, W): the delta map dy (N, O, OH, OW) sent back through the filter w.
 
     Equals the full convolution of the stride-dilated delta map with the 180-degree
     rotated filter, zero padded (seed 002); computed as W^T @ dy then col2im.
     """
+    dy, w = round_operands(precision, dy, w)
     o = w.shape[0]
     dcols = w.reshape(o, -1).T @ _delta_matrix(dy)  # (C*KH*KW, N*OH*OW)
     return col2im(dcols, x_shape, w.shape[2:], stride, padding)
 
 
-def conv2d_backward_filter(dy, x, w_shape, stride, padding):
+def conv2d_backward_filter(dy, x, w_shape, stride, padding, precision="fp32"):
     """dw (O, C, KH, KW): valid correlation of the padded input x with the delta map dy."""
+    dy, x = round_operands(precision, dy, x)
     cols, _, _ = im2col(x, w_shape[2:], stride, padding)
     return (_delta_matrix(dy) @ cols.T).reshape(w_shape)
 
