@@ -117,7 +117,14 @@ def test_kernel_ops_hook_tunes_once_per_shape_with_a_fake_clock(emulated_backend
         ops.conv2d_forward(x, w, b, (2, 2), (0, 0))
         assert clock.calls == 12
         assert {r["variant"] for r in tuner.describe()} == {"igemm", "direct"}
+        ops.set_variant(op, "auto")
+        ops.deterministic = True  # timing-based choices could differ between runs: the rule holds
+        clock.table["igemm"] = 0.01  # what tuning would pick
+        x3, w3, b3 = _conv_args(np.random.default_rng(4), n=5)
+        ops.conv2d_forward(x3, w3, b3, (1, 1), (1, 1))
+        assert clock.calls == 12 and tuner.last_pick[op] == "direct"
     finally:
+        ops.deterministic = False
         ops.set_variant(op, "auto")
         ops.autotune = saved
 

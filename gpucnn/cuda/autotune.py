@@ -7,7 +7,9 @@ The cache is per ``KernelOps`` (so per backend) and keyed by op and shape key (e
 argument's shape and dtype plus the stride/padding/shape arguments).
 
 Timing the CPU emulator says nothing about a GPU, so there (``xp`` without ``cuda`` events)
-the tuner does not measure and ``KernelOps._pick`` keeps its fixed rule.
+the tuner does not measure and ``KernelOps._pick`` keeps its fixed rule. The rule also holds
+under ``ops.deterministic`` (training.deterministic): a choice made by timing can differ from
+run to run, and different variants round differently.
 
 How it hooks in without touching the op bodies: ``install(ops)`` wraps the tuned ops on the
 instance. The wrapper tunes on a cache miss (running the op once per candidate with that
@@ -135,8 +137,10 @@ def _tuning_wrapper(ops, op: str, method, candidates):
 
     def call(*args, **kwargs):
         tuner: Autotuner = ops.autotune
-        # tf32/bf16 route every variant to the tensor-core kernels: nothing to choose between
-        if not tuner.measures or ops._variant[op] != "auto" or getattr(ops, "precision", "fp32") != "fp32":
+        # tf32/bf16 route every variant to the tensor-core kernels: nothing to choose between.
+        # deterministic: a choice by timing may differ between runs, and with it the rounding
+        if (not tuner.measures or ops._variant[op] != "auto" or getattr(ops, "precision", "fp32") != "fp32"
+                or getattr(ops, "deterministic", False)):
             return method(*args, **kwargs)
         key = shape_key((*args, *(kwargs[k] for k in sorted(kwargs)))) + tuple(sorted(kwargs))
         chosen = tuner.choose(op, key, lambda v: run_with(v, args, kwargs), candidates)
