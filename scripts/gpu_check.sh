@@ -81,7 +81,7 @@ run_step() {
 note "gpu_check: $(date -u +%FT%TZ) on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo 'no nvidia-smi'); budget ${BUDGET}s"
 GPUCNN=("$PYTHON" -m gpucnn)
 
-run_step gpu-tests 75 gpu-tests.log "$PYTHON" -m pytest -m gpu -q -x -p no:cacheprovider
+run_step gpu-tests 75 gpu-tests.log "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
 run_step info 15 info-kernels.txt "${GPUCNN[@]}" info --kernels
 # the torch.compile peer compiles each twin first (tens of seconds): the largest budget
 run_step train-fp32 140 train-fp32.json "${GPUCNN[@]}" bench --device cuda --train --train-models lenet5,vgg,fast \

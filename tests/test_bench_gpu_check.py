@@ -44,7 +44,8 @@ def test_dry_run_schedule_files_and_steps(tmp_path):
     assert {p.name for p in files} == {"summary.log", "gpu-tests.log", "info-kernels.txt", "train-fp32.json",
                                        "airbench.json", "kernels-fp32.json", "train-tf32-bf16.json", "full-suite.log"}
     text = "\n".join(runs)
-    for needle in ("-m pytest -m gpu", "info --kernels", "--set lenet --set vgg --set fast --batches 512 --all-variants",
+    sets = "--set lenet --set vgg --set fast --batches 512 --all-variants"
+    for needle in ("-m pytest -m gpu", "info --kernels", sets,
                    "--train --train-models lenet5,vgg,fast", "--precision tf32", "--precision bf16",
                    "scripts/airbench_race.py", "-m pytest -q"):
         assert needle in text, needle

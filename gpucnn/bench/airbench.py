@@ -137,7 +137,8 @@ def time_gpucnn(dataset, epochs: int, config_name: str = "cifar10-fast") -> dict
     config["training"]["epochs"] = epochs
     with use_backend("cuda") as backend:
         run = build_run(config, dataset, backend=backend)
-        model, loss_fn, optimizer, loader, schedule = run.model, run.loss_fn, run.optimizer, run.train_loader, run.schedule
+        model, loss_fn, optimizer = run.model, run.loss_fn, run.optimizer
+        loader, schedule = run.train_loader, run.schedule
 
         def step(x, y, lr):
             optimizer.lr = lr

@@ -32,6 +32,7 @@ holds a ``gpu``-marked test proving replay equals eager bit for bit, skipped on 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Callable
 
@@ -157,8 +158,6 @@ class StepGraph:
                 self.step_fn()
 
     def _on_stream(self):
-        import contextlib
-
         return self.stream if self.stream is not None else contextlib.nullcontext()
 
     def _capture(self) -> None:
@@ -170,6 +169,9 @@ class StepGraph:
             self.stream.begin_capture()  # CuPy's default mode: relaxed
             try:
                 self.step_fn()
-            finally:
-                self._graph = self.stream.end_capture()
+            except Exception as exc:  # something the blocker probe does not know refused capture
+                with contextlib.suppress(Exception):
+                    self.stream.end_capture()
+                raise GraphCaptureError(f"capturing the step failed: {type(exc).__name__}: {exc}"[:300]) from exc
+            self._graph = self.stream.end_capture()
         self.stream.synchronize()
