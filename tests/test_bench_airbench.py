@@ -48,6 +48,18 @@ def test_written_files_read_back_as_airbench_reads_them(tmp_path):
     assert test["labels"].tolist() == yt.tolist()
 
 
+def test_gpucnn_side_of_the_race_runs_its_epochs(numpy_backend):
+    """The gpucnn loop of the race (loader, schedule, steps) on numpy at a small batch."""
+    from gpucnn.data import Dataset
+
+    x, y, xt, yt = airbench.synthetic_cifar(24, 4, seed=3)
+    dataset = Dataset("synthetic", x, y, xt, yt, list(airbench.CLASSES))
+    ours = airbench.time_gpucnn(dataset, 2, device="numpy", batch_size=8)
+    assert ours["steps_per_epoch"] == 3 and len(ours["samples_s"]) == 2
+    assert ours["epoch_s"] == pytest.approx(sum(ours["samples_s"]) / 2)
+    assert ours["math"] == "fp32" and ours["config"] == "configs/cifar10-fast.toml"
+
+
 def _no_gpu() -> str | None:
     return airbench.gpu_unavailable_reason(torch)
 

@@ -127,15 +127,19 @@ def _installed_version() -> str | None:
         return None
 
 
-def time_gpucnn(dataset, epochs: int, config_name: str = "cifar10-fast") -> dict:
-    """gpucnn's seconds per epoch for ``config_name`` on the cuda backend (see the module docstring)."""
+def time_gpucnn(dataset, epochs: int, config_name: str = "cifar10-fast", device: str = "cuda",
+                batch_size: int | None = None) -> dict:
+    """gpucnn's seconds per epoch for ``config_name`` on ``device`` (see the module docstring);
+    ``batch_size`` overrides the config's (tests run the same loop small on the CPU)."""
     from gpucnn.backend import use_backend
     from gpucnn.build import build_run
     from gpucnn.config import load_config, validate_config
 
     config = validate_config(load_config(config_name))
     config["training"]["epochs"] = epochs
-    with use_backend("cuda") as backend:
+    if batch_size is not None:
+        config["data"]["batch_size"] = batch_size
+    with use_backend(device) as backend:
         run = build_run(config, dataset, backend=backend)
         model, loss_fn, optimizer = run.model, run.loss_fn, run.optimizer
         loader, schedule = run.train_loader, run.schedule
