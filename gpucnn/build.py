@@ -19,6 +19,7 @@ import numpy as np
 
 from gpucnn import layers as L
 from gpucnn.backend import get_backend
+from gpucnn.cuda.graph import check_cuda_graph_setting
 from gpucnn.ema import EMA
 from gpucnn.errors import ConfigError
 from gpucnn.losses import SoftmaxCrossEntropy
@@ -314,6 +315,7 @@ def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backen
     backend = backend or get_backend()
     if hasattr(backend.ops, "deterministic"):  # the kernel backends; NumPy is deterministic already
         backend.ops.deterministic = config["training"]["deterministic"]
+    check_cuda_graph_setting(config["training"]["cuda_graph"], backend)
     if world is not None:
         from gpucnn.distributed import bind_device
 

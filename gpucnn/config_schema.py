@@ -322,6 +322,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         # exponential moving average of the weights, evaluated and saved beside them; decay 0 = off
         "ema": Field(table({"decay": Field(number(0.0, 1.0, below=True), 0.0),
                             "warmup": Field(number(0.0), 0.0)}), {"decay": 0.0, "warmup": 0.0}),
+        # the step as one CUDA graph: auto = where capturable (cuda, raw kernels only), on, off
+        "cuda_graph": Field(choice("auto", "on", "off"), "auto"),
     },
 }
 

@@ -153,7 +153,8 @@ def bench_one(
             check = check_op(op, shape, backend, settings.gate_batch, settings.seed)
             dev_args = to_device(case.args, backend)
             fn = getattr(backend.ops, op)
-            first = fn(*dev_args)
+            first = fn(*dev_args)  # on cuda, ``auto`` times the variants here (first use of the shape)
+            picked = _auto_pick(backend.ops, op) if variant == "auto" else None
             bytes_moved = case.array_bytes() + sum(int(o.nbytes) for o in output_arrays(first, dev_args, case))
             del first
             timing = measure(lambda: fn(*dev_args), clock_for_backend(backend), settings.repeats, settings.warmup)
@@ -164,7 +165,7 @@ def bench_one(
                 peers = _time_peers(backend, case, settings, torch, modes, bytes_moved)
             record = {
                 "op": op, "set": shape.set_name, "layer": shape.name, "family": shape.family,
-                "shape": shape.label, "params": dict(shape.params), "variant": variant,
+                "shape": shape.label, "params": dict(shape.params), "variant": variant, "picked": picked,
                 "metric": metric, "work": work, "check": check.as_dict(),
                 "ours": {"ms": timing.median_ms, "rate": rate, "frac_ref": rate / ref if ref else None,
                          "timing": timing.as_dict()},
@@ -179,6 +180,12 @@ def bench_one(
     return records
 
 
+def _auto_pick(ops, op: str) -> str | None:
+    """The variant ``auto`` ran for ``op`` on its last call (measured on cuda, the rule elsewhere)."""
+    tuner = getattr(ops, "autotune", None)
+    return tuner.last_pick.get(op) if tuner is not None else None
+
+
 def _time_peers(backend, case: OpCase, settings, torch, modes, bytes_moved: int) -> dict[str, dict]:
     peers: dict[str, dict] = {}
     if not settings.peers:
@@ -186,6 +193,8 @@ def _time_peers(backend, case: OpCase, settings, torch, modes, bytes_moved: int)
     if backend.kernels and not backend.on_device:  # the emulator: NumPy is its natural peer
         peers["numpy"] = _timing_entry(_time_numpy(case, settings), case, bytes_moved, None)
     for mode in modes:
+        if mode.compile:  # torch.compile is a training-step peer; a single aten op gains nothing
+            continue
         try:
             timing = _time_torch(case, mode, torch, settings)
             if timing is not None:
@@ -197,6 +206,8 @@ def _time_peers(backend, case: OpCase, settings, torch, modes, bytes_moved: int)
 
 def _log_line(record: dict) -> str:
     variant = f"[{record['variant']}]" if record["variant"] else ""
+    if record.get("picked"):
+        variant = f"[auto->{record['picked']}]"
     peers = " ".join(f"{name}={entry['ms']:.3f}ms" for name, entry in record["peers"].items() if entry["ms"])
     return (f"  {record['op']}{variant} {record['shape']}: {record['ours']['ms']:.3f} ms "
             f"{record['ours']['rate']:.1f} {record['metric']} {peers}").rstrip()

@@ -1,9 +1,11 @@
 """Presenting results: aligned terminal tables, the JSON file, a markdown summary, a plot.
 
 The JSON (``SCHEMA``) holds every figure: ``{"schema", "timestamp", "command", "device",
-"versions", "precision", "peak_tflops", "settings", "reference", "peer_modes", "kernels": [...],
-"train": [...]}``; ``peak_tflops`` is the GPU's dense peak in that precision (``PEAK_TFLOPS``),
-null when the device is not in the table;
+"versions", "precision", "peak_tflops", "settings", "reference", "peer_modes", "peers_skipped",
+"autotune", "kernels": [...], "train": [...]}``; ``peak_tflops`` is the GPU's dense peak in that
+precision (``PEAK_TFLOPS``), null when the device is not in the table; ``peers_skipped`` lists
+peers that did not run here with the reason, ``autotune`` the conv choices ``auto`` measured
+(cuda), each kernel record's ``picked`` the variant ``auto`` ran;
 every file is written to a temporary name first and moved into place (``os.replace``).
 """
 
@@ -97,7 +99,8 @@ def kernel_rows(records: list[dict], backend_name: str,
         headers += [f"{name} ms", "ours/peer"]
     rows = []
     for r in records:
-        op = r["op"] + (f"[{r['variant']}]" if r["variant"] else "")
+        variant = f"auto->{r['picked']}" if r.get("picked") else r["variant"]
+        op = r["op"] + (f"[{variant}]" if variant else "")
         t = r["ours"]["timing"]
         frac = r["ours"]["frac_ref"]
         row = [f"{r['set']}/{r['layer']}" if r["layer"] else r["set"], op, r["shape"].split(":", 1)[1],
@@ -116,14 +119,25 @@ def kernel_rows(records: list[dict], backend_name: str,
     return headers, rows
 
 
+TRAIN_NOTE = ("epoch s: median of the timed epochs (min s: the fastest); launches: raw kernels + cuBLAS-bound "
+              "xp calls in one step of ours (CuPy elementwise operators not counted); syncs: host syncs in it; "
+              "peak MiB: device memory in use at the peak of one step (CuPy pool / torch max_memory_allocated).")
+
+
 def train_rows(records: list[dict]) -> tuple[list[str], list[list[str]]]:
-    headers = ["model", "batch", "impl", "step ms", "IQR", "images/s", "epoch s", "epoch images", "ours/peer"]
+    """Training table: epoch s = median (min beside it), launches/syncs per step, peak MiB per step."""
+    headers = ["model", "batch", "impl", "math", "step ms", "IQR", "images/s", "epoch s", "min s", "epoch images",
+               "launches", "syncs", "peak MiB", "ours/peer"]
     rows = []
     for r in records:
         t = r["step"]["timing"]
-        rows.append([r["model"], str(r["batch"]), r["impl"], _fmt(r["step"]["ms"]), _fmt(t["q3_ms"] - t["q1_ms"]),
-                     _fmt(r["images_per_s"], 1), _fmt(r["epoch"]["seconds"]), str(r["epoch"]["images"]),
-                     _ratio(r.get("ratio"))])
+        counts, epochs, peak = r.get("counts"), r.get("epochs") or {}, r.get("peak_bytes")
+        rows.append([r["model"], str(r["batch"]), r["impl"], r.get("math_mode") or "-", _fmt(r["step"]["ms"]),
+                     _fmt(t["q3_ms"] - t["q1_ms"]), _fmt(r["images_per_s"], 1), _fmt(r["epoch"]["seconds"]),
+                     _fmt(epochs.get("min_s")) if epochs else "-", str(r["epoch"]["images"]),
+                     str(counts["kernel_launches"] + counts["library_calls"]) if counts else "-",
+                     str(counts["host_syncs"]) if counts else "-",
+                     _fmt(peak / 2**20, 1) if peak is not None else "-", _ratio(r.get("ratio"))])
     return headers, rows
 
 
@@ -155,7 +169,7 @@ def render_text(result: dict) -> str:
     if result.get("train"):
         headers, rows = train_rows(result["train"])
         lines += ["", "training (synthetic CIFAR-10 data on the device):",
-                  format_table(headers, rows, right=set(range(1, len(headers))) - {2})]
+                  format_table(headers, rows, right=set(range(1, len(headers))) - {2, 3}), TRAIN_NOTE]
     return "\n".join(lines)
 
 
@@ -210,7 +224,7 @@ def render_markdown(result: dict) -> str:
                   "", _md_table(headers, rows)]
     if result.get("train"):
         headers, rows = train_rows(result["train"])
-        lines += ["", "## Training steps", "", _md_table(headers, rows)]
+        lines += ["", "## Training steps", "", _md_table(headers, rows), "", TRAIN_NOTE]
     return "\n".join(lines) + "\n"
 
 

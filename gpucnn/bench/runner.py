@@ -37,7 +37,8 @@ def _settings_dict(kernel: KernelBenchSettings | None, train: TrainSettings | No
                           "variants": dict(kernel.variants), "all_variants": kernel.all_variants}
     if train is not None:
         out["train"] = {"models": list(train.models), "batches": list(train.batches), "images": train.images,
-                        "repeats": train.repeats, "warmup": train.warmup, "peers": train.peers}
+                        "repeats": train.repeats, "warmup": train.warmup, "peers": train.peers,
+                        "epochs": train.epochs}
     return out
 
 
@@ -57,6 +58,7 @@ def run_bench(device: str, kernel: KernelBenchSettings | None, train: TrainSetti
         peers_on = (kernel.peers if kernel else False) or (train.peers if train else False)
         modes = torch_peers.peer_modes(backend, torch) if peers_on else []
         result["peer_modes"] = [mode.describe(torch) for mode in modes]
+        result["peers_skipped"] = torch_peers.skipped_peer_modes(backend, torch) if peers_on else []
         if torch is None and peers_on:
             log("torch is not importable: no PyTorch peers in this run")
         size = sgemm_size or default_sgemm_size(backend)
@@ -72,4 +74,6 @@ def run_bench(device: str, kernel: KernelBenchSettings | None, train: TrainSetti
         if train is not None:
             log("training steps:")
             result["train"] = run_train_bench(backend, train, torch, modes, log)
+        tuner = getattr(backend.ops, "autotune", None)
+        result["autotune"] = tuner.describe() if tuner is not None else []
     return result

@@ -1,12 +1,16 @@
 """PyTorch peers: the same op on the same data through PyTorch (cuDNN/cuBLAS on the GPU).
 
-Importing torch is optional: ``load_torch()`` returns None when it is missing. On the GPU the
-peers match our precision (``backend.precision``): in fp32 ``torch-fp32`` (TF32 off for cuDNN
-and cuBLAS: exact fp32 like ours) and ``torch-default`` (PyTorch's own defaults, whatever they
-were at import); in tf32 ``torch-tf32`` (allow_tf32 on for both); in bf16 ``torch-bf16``
-(autocast to bfloat16; the op peers take bf16 channels-last tensors, as autocast training
-hands the backward convolutions). On CPU backends one peer, ``torch-cpu``. Every peer
-starts from the op's host NumPy arguments.
+Importing torch is optional: ``load_torch()`` returns None when it is missing. Every GPU peer
+runs with ``torch.backends.cudnn.benchmark = True`` (cuDNN times its algorithms per shape, as
+our ``auto`` conv variant does), and every record names its math mode (``PeerMode.math_mode``):
+on the GPU in fp32 ``torch-fp32`` (TF32 off for cuDNN and cuBLAS: exact fp32 like ours) and
+``torch-default`` (PyTorch's own TF32 flags, whatever they were at import); in tf32
+``torch-tf32`` (allow_tf32 on for both); in bf16 ``torch-bf16`` (autocast to bfloat16 with
+channels-last tensors). The precision is ``backend.precision`` (fp32 when the backend has
+none). Next to each, for the training benchmark only, a ``torch.compile`` peer in the same
+math mode (``torch-compile-<precision>``); it is GPU only, and ``skipped_peer_modes`` says
+why it does not run elsewhere. On CPU backends one peer, ``torch-cpu``. Every peer starts from
+the op's host NumPy arguments.
 """
 
 from __future__ import annotations
@@ -32,21 +36,36 @@ def load_torch():
 
 @dataclass
 class PeerMode:
-    """A labelled PyTorch configuration: device, TF32 flags (None: leave as found), and bf16
-    autocast with channels-last tensors (``bf16``)."""
+    """A labelled PyTorch configuration: device, TF32 flags (None: leave as found), bf16
+    autocast with channels-last tensors (``bf16``), and ``torch.compile`` of the training twin
+    (``compile``; the op peers never compile)."""
 
     name: str
     device: str
     tf32: bool | None
     bf16: bool = False
+    compile: bool = False
+
+    @property
+    def math_mode(self) -> str:
+        """What the GEMMs/convolutions compute in: fp32, tf32, bf16-autocast+channels-last, default."""
+        if self.device != "cuda":
+            return "fp32"
+        if self.bf16:
+            return "bf16-autocast+channels-last"
+        if self.tf32 is None:
+            return "default"
+        return "tf32" if self.tf32 else "fp32"
 
     @contextlib.contextmanager
     def active(self, torch) -> Iterator[None]:
-        """Apply this mode's TF32 flags (and bf16 autocast) for the duration of a measurement."""
-        if self.device != "cuda" or (self.tf32 is None and not self.bf16):
+        """cudnn.benchmark on, this mode's TF32 flags and bf16 autocast, for one measurement."""
+        if self.device != "cuda":
             yield
             return
-        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                 torch.backends.cudnn.benchmark)
+        torch.backends.cudnn.benchmark = True
         if self.tf32 is not None:
             torch.backends.cudnn.allow_tf32 = self.tf32
             torch.backends.cuda.matmul.allow_tf32 = self.tf32
@@ -55,11 +74,12 @@ class PeerMode:
             with autocast:
                 yield
         finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+            (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.benchmark) = saved
 
     def describe(self, torch) -> dict:
-        """The mode's label and the flags it runs with (for the JSON)."""
-        info = {"name": self.name, "device": self.device}
+        """The mode's label, math mode and the flags it runs with (for the JSON)."""
+        info = {"name": self.name, "device": self.device, "math_mode": self.math_mode, "compile": self.compile}
         if self.device == "cuda":
             with self.active(torch):
                 info["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
@@ -72,9 +92,9 @@ class PeerMode:
         return info
 
 
-def peer_modes(backend, torch) -> list[PeerMode]:
+def peer_modes(backend, torch, compile_peers: bool = True) -> list[PeerMode]:
     """Which torch peers run next to a backend: on a GPU backend (when torch sees a GPU) the ones
-    of the backend's precision, else the CPU one."""
+    of the backend's precision (plus their ``torch.compile`` twin), else the CPU one."""
     if torch is None:
         return []
     if backend.on_device:
@@ -82,11 +102,30 @@ def peer_modes(backend, torch) -> list[PeerMode]:
             return []
         precision = getattr(backend, "precision", "fp32")
         if precision == "tf32":
-            return [PeerMode("torch-tf32", "cuda", True)]
-        if precision == "bf16":
-            return [PeerMode("torch-bf16", "cuda", False, bf16=True)]
-        return [PeerMode("torch-fp32", "cuda", False), PeerMode("torch-default", "cuda", None)]
+            modes = [PeerMode("torch-tf32", "cuda", True)]
+        elif precision == "bf16":
+            modes = [PeerMode("torch-bf16", "cuda", False, bf16=True)]
+        else:
+            modes = [PeerMode("torch-fp32", "cuda", False), PeerMode("torch-default", "cuda", None)]
+        if compile_peers and hasattr(torch, "compile"):
+            first = modes[0]
+            modes.append(PeerMode(f"torch-compile-{precision}", "cuda", first.tf32, first.bf16, compile=True))
+        return modes
     return [PeerMode("torch-cpu", "cpu", None)]
+
+
+def skipped_peer_modes(backend, torch) -> list[dict]:
+    """Peers that do not run here, each with its reason (recorded in the JSON)."""
+    if torch is None:
+        return [{"name": "torch", "reason": "torch is not importable"}]
+    if not backend.on_device:
+        return [{"name": "torch-compile", "reason": "GPU only: torch.compile (inductor) is timed next to the "
+                                                    "cuda backend, not the CPU ones"}]
+    if not torch.cuda.is_available():
+        return [{"name": "torch (cuda)", "reason": "torch sees no CUDA device"}]
+    if not hasattr(torch, "compile"):
+        return [{"name": "torch-compile", "reason": f"torch {torch.__version__} has no torch.compile"}]
+    return []
 
 
 _ACTIVATION_NAMES = {a.name for a in ACTIVATIONS}

@@ -6,7 +6,15 @@ assembled by ``gpucnn.build.build_run`` exactly as ``gpucnn train`` does (optimi
 param groups, loss with its label smoothing), on a synthetic CIFAR-shaped dataset; the PyTorch
 twin is built from the same layer specs with the same per-parameter lr and weight decay.
 One step = forward, softmax cross-entropy, backward, SGD update. An "epoch" runs
-``images // batch`` steps back to back with no host synchronization inside.
+``images // batch`` steps back to back with no host synchronization inside; it is timed
+``settings.epochs`` times (at least 3): ``epoch.seconds`` is the median, ``epochs`` holds the
+min, the median and every sample, and ``ratio`` (ours / peer) compares medians.
+
+Beside the times, each record has its ``math_mode`` (ours: the backend's precision; a peer:
+``PeerMode.math_mode``), ``peak_bytes`` over one step (CuPy's pool on ours, PyTorch's
+``max_memory_allocated`` on a peer; None on the CPU) and, for ours on the kernel backends,
+``counts``: kernel launches, cuBLAS-bound and other xp calls and host syncs of one step
+(``gpucnn.bench.counters``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ class TrainSettings:
     warmup: int = 3
     peers: bool = True
     seed: int = 0
+    epochs: int = 3  # timed epochs per model and batch (min and median reported)
 
 
 def model_config(name: str) -> tuple[dict, str]:
@@ -155,23 +164,31 @@ def _ours_step(backend, config: dict, batch: int, seed: int):
     return step, run
 
 
-def _torch_step(torch, device: str, config: dict, batch: int, seed: int, run) -> Callable[[], None]:
+def _torch_step(torch, device: str, config: dict, batch: int, seed: int, run, mode=None) -> Callable[[], None]:
+    """The twin's step on ``device``; ``mode`` (a PeerMode) may ask for channels-last bf16
+    (autocast itself is ``mode.active``'s) and ``torch.compile`` of the network."""
     torch.manual_seed(seed)
     net = torch_twin(torch, config["model"]["layers"]).to(device).train()
+    channels_last = bool(mode is not None and mode.bf16)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     o = config["optimizer"]
     opt = torch.optim.SGD(torch_param_groups(net, run.model, run.optimizer), lr=o["lr"], momentum=o["momentum"],
                           nesterov=o["nesterov"])
     smoothing = config["loss"]["label_smoothing"]
     xs, ys = _synthetic(batch, DATA_POOL, seed)
-    data = [(torch.from_numpy(x).to(device), torch.from_numpy(y.astype(np.int64)).to(device)) for x, y in zip(xs, ys)]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    data = [(torch.from_numpy(x).to(device).contiguous(memory_format=memory_format),
+             torch.from_numpy(y.astype(np.int64)).to(device)) for x, y in zip(xs, ys)]
     counter = [0]
     F = torch.nn.functional
+    forward = torch.compile(net) if mode is not None and mode.compile else net
 
     def step():
         x, y = data[counter[0] % len(data)]
         counter[0] += 1
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), y, label_smoothing=smoothing).backward()
+        F.cross_entropy(forward(x), y, label_smoothing=smoothing).backward()
         opt.step()
 
     return step
@@ -185,10 +202,12 @@ def _time_training(step: Callable[[], None], clock: Clock, batch: int, settings:
         for _ in range(steps):
             step()
 
-    seconds = clock.sample(epoch, 1) / 1e3
+    samples = [clock.sample(epoch, 1) / 1e3 for _ in range(max(1, settings.epochs))]
+    seconds = float(np.median(samples))
     return {
         "step": {"ms": timing.median_ms, "timing": timing.as_dict()},
         "epoch": {"images": steps * batch, "steps": steps, "seconds": seconds},
+        "epochs": {"repeats": len(samples), "min_s": min(samples), "median_s": seconds, "samples_s": samples},
         "images_per_s": steps * batch / seconds if seconds > 0 else None,
     }
 
@@ -199,6 +218,7 @@ def run_train_bench(backend, settings: TrainSettings, torch=None, modes=(),
 
     ``backend`` must be the current backend (the models are built on it).
     """
+    from gpucnn.bench.counters import count_step, peak_step_bytes, torch_peak_step_bytes
     from gpucnn.bench.torch_peers import torch_clock
 
     records: list[dict] = []
@@ -207,22 +227,28 @@ def run_train_bench(backend, settings: TrainSettings, torch=None, modes=(),
         for batch in settings.batches:
             step, run = _ours_step(backend, config, batch, settings.seed)
             n_params = run.model.num_params()
+            step()  # first use: kernel builds and, on cuda, the conv autotuning (not what we count)
             ours = {"model": name, "source": source, "batch": batch, "impl": f"ours ({backend.name})",
-                    "params": n_params, **_time_training(step, clock_for_backend(backend), batch, settings),
-                    "ratio": None}
+                    "params": n_params, "math_mode": getattr(backend, "precision", "fp32"),
+                    "counts": count_step(backend, step), "peak_bytes": peak_step_bytes(backend, step),
+                    **_time_training(step, clock_for_backend(backend), batch, settings), "ratio": None}
             del step
             records.append(ours)
-            log(f"  {name} batch {batch} ours: {ours['step']['ms']:.2f} ms/step, {ours['images_per_s']:.0f} images/s")
+            log(f"  {name} batch {batch} ours: {ours['step']['ms']:.2f} ms/step, {ours['images_per_s']:.0f} images/s"
+                + (f", {ours['counts']['kernel_launches']} launches/step" if ours["counts"] else ""))
             for mode in (modes if settings.peers else ()):
                 try:
                     with mode.active(torch):
-                        peer_step = _torch_step(torch, mode.device, config, batch, settings.seed, run)
+                        peer_step = _torch_step(torch, mode.device, config, batch, settings.seed, run, mode)
+                        peer_step()  # first use: cudnn.benchmark's search, torch.compile's compilation
+                        peak = torch_peak_step_bytes(torch, mode.device, peer_step)
                         figures = _time_training(peer_step, torch_clock(torch, mode.device), batch, settings)
                 except Exception as exc:  # a failing peer is reported, never fatal
                     log(f"  {name} batch {batch} {mode.name}: failed ({type(exc).__name__}: {exc})"[:300])
                     continue
                 ratio = ours["epoch"]["seconds"] / figures["epoch"]["seconds"] if figures["epoch"]["seconds"] else None
                 records.append({"model": name, "source": source, "batch": batch, "impl": mode.name,
-                                "params": n_params, **figures, "ratio": ratio})
+                                "params": n_params, "math_mode": mode.math_mode, "counts": None,
+                                "peak_bytes": peak, **figures, "ratio": ratio})
                 log(f"  {name} batch {batch} {mode.name}: {figures['step']['ms']:.2f} ms/step")
     return records

@@ -116,6 +116,7 @@ class EmulatedLauncher:
 
     Arrays are NumPy arrays (C-contiguous, dtype matching the kernel's pointer type);
     scalars must be np.int32 / np.float32 / np.uint32 exactly as on the GPU.
+    ``launches`` counts the kernels run through ``launch``, as CudaLauncher's does.
     """
 
     array_types = (np.ndarray,)
@@ -140,6 +141,7 @@ class EmulatedLauncher:
         self.index = source_files.kernel_index(self.sources, self.headers)
         self._functions: dict[str, object] = {}
         self._cxx = compiler()
+        self.launches = 0
 
     @property
     def kernel_names(self) -> list[str]:
@@ -207,6 +209,7 @@ class EmulatedLauncher:
         if fn(dims[0], dims[1], *values) != 0:
             library = self._library(sig.file)
             raise RuntimeError(f"emulated kernel {name}: {library.gpucnn_emu_last_error().decode()}")
+        self.launches += 1
 
     def synchronize(self) -> None:
         """Kernels run synchronously here."""

@@ -28,7 +28,11 @@ def _compile_error(file: str, log: str) -> KernelCompileError:
 
 
 class CudaLauncher:
-    """``launch(name, grid, block, args)`` on the current CuPy device."""
+    """``launch(name, grid, block, args)`` on the current CuPy device.
+
+    ``launches`` counts every kernel queued through ``launch`` (the benchmark reads it around
+    one training step); CuPy's own elementwise kernels and cuBLAS calls do not pass here.
+    """
 
     array_types = (cupy.ndarray,)
     reduction_threads = 256
@@ -38,6 +42,7 @@ class CudaLauncher:
         self.sources = source_files.read_sources(self.kernel_folder)
         self.index = source_files.kernel_index(self.sources, source_files.read_headers(self.kernel_folder))
         self._functions: dict[str, object] = {}
+        self.launches = 0
         device = cupy.cuda.Device()
         self.multiprocessor_count = int(device.attributes["MultiProcessorCount"])
 
@@ -77,6 +82,7 @@ class CudaLauncher:
         fn = self.function(name)
         source_files.check_args(self.index[name], tuple(args), self.array_types)
         fn(_dim3(grid), _dim3(block), tuple(args))
+        self.launches += 1
 
     def synchronize(self) -> None:
         cupy.cuda.get_current_stream().synchronize()

@@ -11,7 +11,10 @@ Convolution variants (``ops.variants``, ``ops.set_variant(op, name)``):
   conv2d_backward_data    auto (default) | gemm_col2im | igemm | direct
   conv2d_backward_filter  auto (default) | im2col_gemm | igemm | direct
   conv2d_backward_bias    channel_sum
-``auto`` picks per call from the GEMM shape, by what the H100 benchmark measured
+``auto`` on the cuda backend times the variants once per shape on first use and keeps the
+fastest (gpucnn.cuda.autotune, as cudnn.benchmark does). Elsewhere (the emulator, whose
+timings say nothing about a GPU) ``auto`` picks per call from the GEMM shape, by what the
+H100 benchmark measured
 (benchmarks/results/): thin GEMMs (fewer than 32 output channels or a reduction
 C*KH*KW under 64, as in LeNet-5) go to the tiled kernels (``direct`` forward, ``igemm``
 backward), where cuBLAS cannot amortise the column buffer; wider ones go to cuBLAS.
@@ -33,7 +36,7 @@ import math
 
 import numpy as np
 
-from gpucnn.cuda import tc_ops
+from gpucnn.cuda import autotune, tc_ops
 from gpucnn.ops import ACTIVATIONS
 from gpucnn.ops.np_norm import bn_activation_code
 
@@ -66,6 +69,9 @@ class KernelOps:
         self.xp = xp
         self.col_buffer_bytes = col_buffer_bytes
         self._variant = {op: names[0] for op, names in VARIANTS.items()}
+        # ``auto`` by measurement where timings mean something (CuPy), else the rule in _pick
+        self.autotune = autotune.for_array_module(xp)
+        autotune.install(self, VARIANTS)
         self.reduction_threads = getattr(launcher, "reduction_threads", THREADS)
         self.multiprocessor_count = getattr(launcher, "multiprocessor_count", 1)
         self.min_chunks_per_split = 8
@@ -155,8 +161,10 @@ class KernelOps:
         if variant != "auto":
             return variant
         if out_channels < 32 or reduction < 64:
-            return "direct" if op == "conv2d_forward" else "igemm"
-        return VARIANTS[op][1]
+            rule = "direct" if op == "conv2d_forward" else "igemm"
+        else:
+            rule = VARIANTS[op][1]
+        return self.autotune.resolve(op, rule)  # the measured choice of this call, if tuned
 
     @property
     def _tensor_cores(self) -> bool:
