@@ -209,7 +209,7 @@ def validate_config(config: dict) -> dict:
 
 
 def _check_cross_fields(config: dict) -> None:
-    opt, sched, train = config["optimizer"], config["schedule"], config["training"]
+    opt, sched = config["optimizer"], config["schedule"]
     if sched["name"] in ("cosine", "linear") and sched["min_lr"] > opt["lr"]:
         raise ConfigError(
             f"schedule.min_lr: got {sched['min_lr']!r}, but it must not exceed optimizer.lr ({opt['lr']!r})"
