@@ -143,6 +143,32 @@ def test_forced_world_of_one_runs_the_distributed_step_exactly():
         np.testing.assert_array_equal(forced.layers[i].grads[n], plain.layers[i].grads[n])
 
 
+@pytest.mark.gpu
+def test_forced_world_of_one_on_the_gpu_goes_through_nccl(cuda_backend):
+    """The NCCL path on a one-GPU machine: communicator set-up from a unique id, the all-reduce of
+    every gradient bucket on the training stream, and the step equal to the plain one."""
+    from gpucnn.distributed.comm import NCCLComm
+
+    def model(seed=0):
+        rng = np.random.default_rng(seed)
+        return Sequential([L.Conv2D(2, 3, 3, rng=rng), L.ReLU(), L.Flatten(), L.Dense(3 * 4 * 4, 5, rng=rng)])
+
+    x = cuda_backend.asarray(np.random.default_rng(3).standard_normal((5, 2, 6, 6)).astype(np.float32))
+    labels = cuda_backend.asarray(np.arange(5, dtype=np.int32) % 5)
+    plain, forced = model(), model()
+    loss = SoftmaxCrossEntropy()
+    loss.forward(plain.forward(x), labels)
+    plain.backward(loss.backward(), input_grad=False)
+    dp = DataParallel(single_world(), forced, cuda_backend, 5, 5, force=True)
+    assert dp.active and isinstance(dp.grads_comm, NCCLComm)
+    assert dp.begin_step(0, 5) == 1.0
+    loss.forward(forced.forward(x), labels)
+    dp.backward(loss.backward())
+    for i, _, n in plain.parameters():
+        np.testing.assert_allclose(cuda_backend.to_host(forced.layers[i].grads[n]),
+                                   cuda_backend.to_host(plain.layers[i].grads[n]), rtol=1e-6, atol=1e-7)
+
+
 def test_batch_smaller_than_world_is_rejected():
     world = World(rank=0, size=4, comm=object())
     with pytest.raises(DistributedError, match="data.batch_size is the global batch.*got 3 for 4 ranks"):
