@@ -23,20 +23,15 @@ from gpucnn.checkpoint import CheckpointError, load_checkpoint
 from gpucnn.errors import ConfigError
 
 # Class names and (C, H, W) of the datasets gpucnn knows, for checkpoints that did not store them.
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
 def known_dataset(name: str) -> tuple[list[str], tuple[int, int, int]] | None:
-    """(classes, input shape) of a dataset gpucnn ships a loader for, or None."""
-    if name == "digits":
-        from gpucnn.data import digits
+    """(classes, input shape) of a dataset whose class names are fixed (for checkpoints written
+    before they stored their own), or None. The shape is the data registry's."""
+    from gpucnn.data import DATASET_SPECS, cifar10, digits
 
-        return list(digits.CLASSES), (digits.CHANNELS, 8 * digits.UPSAMPLE, 8 * digits.UPSAMPLE)
-    if name == "cifar10":
-        from gpucnn.data import cifar10
-
-        return list(CIFAR10_CLASSES), tuple(cifar10.IMAGE_SHAPE)
-    return None
+    names = {"digits": digits.CLASSES, "cifar10": cifar10.CLASS_NAMES}.get(name)
+    if names is None:
+        return None
+    return list(names), tuple(DATASET_SPECS[name].image_shape)
 
 
 @dataclass

@@ -46,40 +46,64 @@ TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST_FILE = "test_batch.bin"
 META_FILE = "batches.meta.txt"
 IMAGE_SHAPE = (3, 32, 32)
-RECORD_BYTES = 1 + 3 * 32 * 32
+# What batches.meta.txt holds; known without it for checkpoints that predate stored class names.
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NUM_CLASSES = 10
+
+
+def read_label_records(path: str | os.PathLike, what: str,
+                       label_columns: tuple[tuple[str, int], ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The CIFAR binary format: records of one byte per label column, then 3072 pixel bytes.
+
+    ``label_columns``: (name, class count) per leading label byte ("" for CIFAR-10's one label).
+    Returns (x (N, 3, 32, 32) uint8, [labels (N,) int64 per column]); DataError naming ``what``
+    and the file if the size or a label is off.
+    """
+    path = Path(path)
+    width = len(label_columns) + int(np.prod(IMAGE_SHAPE))
+    raw = np.frombuffer(read_bytes(path, what, f"delete {path.parent} to download and extract it again"),
+                        dtype=np.uint8)
+    if raw.size == 0 or raw.size % width:
+        labels = ("1 label byte" if len(label_columns) == 1
+                  else " and ".join(name for name, _ in label_columns) + " label bytes")
+        raise DataError(f"{what} file {path} is corrupt: {raw.size} bytes, expected a non-zero multiple of "
+                        f"{width} ({labels} + 3072 pixel bytes per image)")
+    records = raw.reshape(-1, width)
+    columns = []
+    for column, (name, count) in enumerate(label_columns):
+        values = records[:, column]
+        bad = np.flatnonzero(values >= count)
+        if bad.size:
+            raise DataError(f"{what} file {path} is corrupt: record {bad[0]} has {name + ' ' if name else ''}label "
+                            f"{values[bad[0]]}, expected 0..{count - 1}")
+        columns.append(values.astype(np.int64))
+    x = np.ascontiguousarray(records[:, len(label_columns):]).reshape(-1, *IMAGE_SHAPE)
+    return x, columns
+
+
+def read_name_lines(path: str | os.PathLike, what: str, count: int) -> list[str]:
+    """The non-empty lines of a class-names file; DataError unless there are ``count``."""
+    path = Path(path)
+    raw = read_bytes(path, what, f"delete {path.parent} to download and extract it again")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} file {path} is unreadable: not UTF-8 text ({exc.reason})") from exc
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(names) != count:
+        raise DataError(f"{what} file {path} is corrupt: {len(names)} class names, expected {count}")
+    return names
 
 
 def read_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Parse one binary batch file into (x (N, 3, 32, 32) uint8, y (N,) int64); DataError if malformed."""
-    path = Path(path)
-    raw = np.frombuffer(read_bytes(path, "CIFAR-10", f"delete {path.parent} to download and extract it again"),
-                        dtype=np.uint8)
-    if raw.size == 0 or raw.size % RECORD_BYTES:
-        raise DataError(f"CIFAR-10 file {path} is corrupt: {raw.size} bytes, expected a non-zero multiple of "
-                        f"{RECORD_BYTES} (1 label byte + 3072 pixel bytes per image)")
-    records = raw.reshape(-1, RECORD_BYTES)
-    labels = records[:, 0]
-    bad = np.flatnonzero(labels >= NUM_CLASSES)
-    if bad.size:
-        raise DataError(f"CIFAR-10 file {path} is corrupt: record {bad[0]} has label {labels[bad[0]]}, "
-                        f"expected 0..{NUM_CLASSES - 1}")
-    x = np.ascontiguousarray(records[:, 1:]).reshape(-1, *IMAGE_SHAPE)
-    return x, labels.astype(np.int64)
+    x, (labels,) = read_label_records(path, "CIFAR-10", (("", NUM_CLASSES),))
+    return x, labels
 
 
 def read_classes(path: str | os.PathLike) -> list[str]:
     """The class names in ``batches.meta.txt`` (non-empty lines); DataError unless there are 10."""
-    path = Path(path)
-    raw = read_bytes(path, "CIFAR-10", f"delete {path.parent} to download and extract it again")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"CIFAR-10 file {path} is unreadable: not UTF-8 text ({exc.reason})") from exc
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(names) != NUM_CLASSES:
-        raise DataError(f"CIFAR-10 file {path} is corrupt: {len(names)} class names, expected {NUM_CLASSES}")
-    return names
+    return read_name_lines(path, "CIFAR-10", NUM_CLASSES)
 
 
 def read_folder(folder: str | os.PathLike) -> Dataset:

@@ -20,7 +20,8 @@ import numpy as np
 from gpucnn.data.archive import ensure_extracted
 from gpucnn.data.dataset import Dataset
 from gpucnn.data.download import DEADLINE, STALL_TIMEOUT
-from gpucnn.data.files import read_bytes, resolve_root
+from gpucnn.data.cifar10 import read_label_records, read_name_lines
+from gpucnn.data.files import resolve_root
 from gpucnn.errors import DataError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
@@ -33,7 +34,6 @@ TRAIN_FILE = "train.bin"
 TEST_FILE = "test.bin"
 LABEL_MODES = {"fine": ("fine_label_names.txt", 100), "coarse": ("coarse_label_names.txt", 20)}
 IMAGE_SHAPE = (3, 32, 32)
-RECORD_BYTES = 2 + 3 * 32 * 32
 
 
 def check_label_mode(label_mode: str) -> str:
@@ -44,37 +44,14 @@ def check_label_mode(label_mode: str) -> str:
 
 def read_records(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One binary file -> (x (N, 3, 32, 32) uint8, fine (N,) int64, coarse (N,) int64); DataError if malformed."""
-    path = Path(path)
-    raw = np.frombuffer(read_bytes(path, "CIFAR-100", f"delete {path.parent} to download and extract it again"),
-                        dtype=np.uint8)
-    if raw.size == 0 or raw.size % RECORD_BYTES:
-        raise DataError(f"CIFAR-100 file {path} is corrupt: {raw.size} bytes, expected a non-zero multiple of "
-                        f"{RECORD_BYTES} (coarse and fine label bytes + 3072 pixel bytes per image)")
-    records = raw.reshape(-1, RECORD_BYTES)
-    labels = {}
-    for column, mode in ((0, "coarse"), (1, "fine")):
-        values = records[:, column]
-        count = LABEL_MODES[mode][1]
-        bad = np.flatnonzero(values >= count)
-        if bad.size:
-            raise DataError(f"CIFAR-100 file {path} is corrupt: record {bad[0]} has {mode} label {values[bad[0]]}, "
-                            f"expected 0..{count - 1}")
-        labels[mode] = values.astype(np.int64)
-    x = np.ascontiguousarray(records[:, 2:]).reshape(-1, *IMAGE_SHAPE)
-    return x, labels["fine"], labels["coarse"]
+    columns = (("coarse", LABEL_MODES["coarse"][1]), ("fine", LABEL_MODES["fine"][1]))  # the bytes' order
+    x, (coarse, fine) = read_label_records(path, "CIFAR-100", columns)
+    return x, fine, coarse
 
 
 def read_names(path: str | os.PathLike, count: int) -> list[str]:
     """The non-empty lines of a label-names file; DataError unless there are ``count``."""
-    path = Path(path)
-    try:
-        text = read_bytes(path, "CIFAR-100", f"delete {path.parent} to download and extract it again").decode()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"CIFAR-100 file {path} is unreadable: not UTF-8 text ({exc.reason})") from exc
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(names) != count:
-        raise DataError(f"CIFAR-100 file {path} is corrupt: {len(names)} class names, expected {count}")
-    return names
+    return read_name_lines(path, "CIFAR-100", count)
 
 
 def read_folder(folder: str | os.PathLike, label_mode: str = "fine") -> Dataset:
