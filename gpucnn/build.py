@@ -315,7 +315,7 @@ def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backen
     backend = backend or get_backend()
     if hasattr(backend.ops, "deterministic"):  # the kernel backends; NumPy is deterministic already
         backend.ops.deterministic = config["training"]["deterministic"]
-    check_cuda_graph_setting(config["training"]["cuda_graph"], backend)
+    check_cuda_graph_setting(config["training"]["cuda_graph"], backend, config, world.size if world is not None else 1)
     if world is not None:
         from gpucnn.distributed import bind_device
 

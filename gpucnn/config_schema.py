@@ -323,6 +323,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "ema": Field(table({"decay": Field(number(0.0, 1.0, below=True), 0.0),
                             "warmup": Field(number(0.0), 0.0)}), {"decay": 0.0, "warmup": 0.0}),
         # the step as one CUDA graph: auto = where capturable (cuda, raw kernels only), on, off
+        # the training step as a replayed CUDA graph: auto = where nothing blocks it (cuda), on = or
+        # an error naming the blocker, off = eager; emulated runs the capturable step eagerly
+        # (docs/cuda_graphs.md, gpucnn.cuda.graph)
         "cuda_graph": Field(choice("auto", "on", "off"), "auto"),
     },
 }

@@ -31,11 +31,28 @@ class RunningMetrics:
 
     def update(self, loss, logits, labels) -> None:
         """Add a batch: ``loss`` a 0-d mean loss, ``logits`` (B, K), ``labels`` (B,) ints (device arrays)."""
+        self.accumulate(loss, logits, labels)
+        self.count(int(labels.shape[0]))
+
+    def accumulate(self, loss, logits, labels) -> None:
+        """The device half of ``update``: add loss * B and the correct count into the sums, in place.
+
+        In place (the sums keep their addresses) and without a host read, so a CUDA graph can
+        capture it; its temporaries (the argmax, the comparison) end with the call."""
         xp = self.backend.xp
-        batch = int(labels.shape[0])
-        self._loss = self._loss + loss.astype(xp.float64) * batch
-        self._correct = self._correct + (xp.argmax(logits, axis=1) == labels).sum()
-        self.samples += batch
+        self._loss += loss.astype(xp.float64) * int(labels.shape[0])
+        self._correct += (xp.argmax(logits, axis=1) == labels).sum()
+
+    def count(self, batch: int) -> None:
+        """The host half of ``update``: ``batch`` more samples seen."""
+        self.samples += int(batch)
+
+    def adopt(self, other: "RunningMetrics") -> None:
+        """Accumulate from now on into ``other``'s device sums, which take this one's current values
+        (a captured step keeps writing the same arrays while each epoch has its own metrics)."""
+        other._loss[...] = self._loss
+        other._correct[...] = self._correct
+        self._loss, self._correct = other._loss, other._correct
 
     def sums(self) -> np.ndarray:
         """(3,) float64 host copy: loss sum, correct count, samples (synchronizes)."""

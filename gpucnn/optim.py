@@ -85,12 +85,33 @@ class Optimizer:
             value = store[key] = layer.xp.zeros_like(layer.params[name])
         return value
 
+    # Whether ``lr_source`` may be set: the update takes its rate from device memory (SGD),
+    # rather than using it in host arithmetic (Adam's bias corrections).
+    device_lr = False
+    lr_source = None  # set by bind_device_lr
+
+    def lr_scales(self) -> list[float]:
+        """The distinct lr scales of the trainable params (sorted): one device lr slot each."""
+        return sorted({self.param_settings(layer, name)[0] for _, layer, name in self._trainable()})
+
+    def bind_device_lr(self, lr_of) -> None:
+        """Take each param's rate from ``lr_of(lr_scale)`` (a (1,) float32 device array holding
+        float32(lr * lr_scale), written by the caller before each step) instead of computing
+        ``self.lr * lr_scale`` here; None restores the host rate. What a CUDA-graph step needs:
+        a rate passed by value would be baked into the graph. ``lr`` keeps its meaning for
+        schedules and checkpoints; the caller writes it to the device each step."""
+        if lr_of is not None and not self.device_lr:
+            raise TypeError(f"{type(self).__name__}: the update computes with the lr on the host; "
+                            "it cannot read it from device memory")
+        self.lr_source = lr_of
+
     def step(self) -> None:
         for key, layer, name in self._trainable():
             lr_scale, wd = self.param_settings(layer, name)
             if self.counts_steps:
                 self.steps[key] = self.steps.get(key, 0) + 1
-            self._update(key, layer, name, self.lr * lr_scale, wd)
+            lr = self.lr * lr_scale if self.lr_source is None else self.lr_source(lr_scale)
+            self._update(key, layer, name, lr, wd)
 
     def _update(self, key: str, layer, name: str, lr: float, weight_decay: float) -> None:
         raise NotImplementedError
@@ -140,10 +161,12 @@ class SGD(Optimizer):
 
     Per param: g = grad + wd * param; with momentum v = momentum*v + g and
     step = g + momentum*v (nesterov) or v; param -= lr * lr_scale * step.
-    State: ``velocity`` per param (only with momentum).
+    State: ``velocity`` per param (only with momentum). ``bind_device_lr`` makes the update
+    read its rate from device memory (the ``sgd_update_dev`` kernel), for CUDA-graph steps.
     """
 
     buffer_names = ("velocity",)
+    device_lr = True
 
     def __init__(self, model, lr: float, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, groups=None):
         super().__init__(model, lr, weight_decay, groups)
@@ -225,6 +248,9 @@ class AdamW(Adam):
     def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
                  amsgrad: bool = False, groups=None):
         super().__init__(model, lr, betas, eps, weight_decay, amsgrad, groups)
+
+
+OPTIMIZER_CLASSES = {"sgd": SGD, "adam": Adam, "adamw": AdamW}  # by OPTIMIZER_NAMES
 
 
 def optimizer_from_config(config: dict, model) -> Optimizer:

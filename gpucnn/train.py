@@ -13,6 +13,12 @@ from (seed, e) (``BatchLoader.set_epoch``); the dropout seed of step k of epoch 
 (seed, e, k, layer index). A run interrupted and resumed on the numpy backend therefore ends
 with exactly the parameters of an uninterrupted run.
 
+CUDA graphs (``training.cuda_graph``, gpucnn.cuda.graph): with ``auto``/``on`` and nothing
+blocking, each step runs as ``_CapturableStep``: the batch copied into static buffers, the
+lr and dropout seeds written to device memory, then one graph launch on the cuda backend
+(the same step eagerly on the emulated backend). The seeds and lrs are those of the eager
+path, so a run is the same run either way (up to the GEMM kernels, see KernelOps).
+
 Losses and accuracies stay on the device (``RunningMetrics``) and are read every
 ``training.log_every`` steps and at the end of an epoch; a non-finite loss seen at such a
 read stops the run with ``TrainingError`` and leaves the last good checkpoint in place.
@@ -36,6 +42,8 @@ import numpy as np
 from gpucnn.build import Run
 from gpucnn.checkpoint import Progress, save_checkpoint
 from gpucnn.config import write_config
+from gpucnn.cuda.graph import StepGraph, step_blockers
+from gpucnn.cuda.step_scalars import StepScalars
 from gpucnn.errors import ConfigError, TrainingError
 from gpucnn.metrics import MetricsLog, RunningMetrics
 from gpucnn.optim import clip_grad_norm
@@ -63,6 +71,64 @@ def _single_process(run: Run):
 
     return DataParallel(single_world(), run.model, run.train_loader.backend, run.train_loader.num_samples,
                         run.train_loader.batch_size)
+
+
+def _address(array) -> int:
+    """The data address of a backend array (CuPy: device pointer, NumPy: host pointer)."""
+    data = array.data
+    return int(data.ptr) if hasattr(data, "ptr") else int(array.ctypes.data)
+
+
+class _CapturableStep:
+    """The training step at one batch size as a ``StepGraph``: it reads only fixed arrays.
+
+    ``x`` (B, C, H, W) float32 and ``y`` (B,) ints: static batch buffers; ``scalars``: the
+    device lrs and seeds (StepScalars); ``sums``: the RunningMetrics the step accumulates
+    into (shared by every batch size; each epoch's metrics adopt its arrays). ``signature``:
+    the trainable params and the addresses of every persistent array after the first step;
+    the Trainer builds a new step (and graph) when it changes (a freeze at an epoch
+    boundary, state loaded into new arrays).
+    """
+
+    def __init__(self, trainer: "Trainer", x, y, sums: RunningMetrics, setting: str) -> None:
+        self.trainer = trainer
+        xp = trainer.backend.xp
+        self.x = xp.empty(x.shape, dtype=x.dtype)
+        self.y = xp.empty(y.shape, dtype=y.dtype)
+        self.sums = sums
+        paths = [path for path, layer in trainer.model.named_layers() if layer.takes_step_seed]
+        self.scalars = StepScalars(trainer.backend, trainer.optimizer.lr_scales(), paths)
+        self.graph = StepGraph(self._body, trainer.backend, setting=setting)
+        self.signature = None
+
+    def _body(self) -> None:
+        """forward, loss, backward, optimizer step, metrics: what the graph captures."""
+        t = self.trainer
+        ops = t.backend.ops
+        was = ops.capturable
+        ops.capturable = True  # no cuBLAS: gpucnn's own GEMM kernels
+        t.optimizer.bind_device_lr(self.scalars.lr)
+        try:
+            t.model.set_step_seeds(self.scalars.seed)
+            logits = t.model.forward(self.x, training=True)
+            loss = t.loss_fn.forward(logits, self.y)
+            t.parallel.backward(t.loss_fn.backward())
+            t.optimizer.step()
+            self.sums.accumulate(loss, logits, self.y)
+        finally:
+            t.optimizer.bind_device_lr(None)
+            ops.capturable = was
+
+    def run(self, x, y, lr: float, seeds: dict) -> None:
+        """One step on batch (x, y) with base rate ``lr`` and ``seeds`` (layer path -> uint32)."""
+        def feed():
+            self.x[...] = x
+            self.y[...] = y
+            self.scalars.write(lr, seeds)
+
+        self.graph.step(feed)
+        if self.signature is None:
+            self.signature = self.trainer._persistent_signature()
 
 
 @dataclass
@@ -159,6 +225,10 @@ class Trainer:
         self.parallel = run.parallel if run.parallel is not None else _single_process(run)
         if not self.parallel.is_writer:  # rank 0 alone prints and writes
             self.echo, self.progress_bar = (lambda line: None), False
+        self.cuda_graph = self._cuda_graph_mode()
+        self._steps: dict[int, _CapturableStep] = {}  # by batch size
+        self._sums: RunningMetrics | None = None  # what the capturable steps accumulate into
+        self._adopted: RunningMetrics | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -309,14 +379,60 @@ class Trainer:
                                          self.config["data"]["eval_batch_size"], "--set data.eval_batch_size=")
                 record[f"{split}_loss"], record[f"{split}_acc"] = result.loss, result.accuracy
 
+    def _cuda_graph_mode(self) -> str | None:
+        """training.cuda_graph resolved for this run: the StepGraph setting ("auto"/"on"), or
+        None for the eager step (off, the numpy backend, or something that blocks a graph)."""
+        setting = self.config["training"]["cuda_graph"]
+        if setting == "off" or not self.backend.kernels:
+            return None  # numpy + on was refused by build_run (check_cuda_graph_setting)
+        parallel = self.parallel
+        blockers = step_blockers(optimizer=type(self.optimizer).__name__, device_lr=self.optimizer.device_lr,
+                                 ema=self.run.ema is not None, clip_norm=self.clip_norm,
+                                 world_size=parallel.world.size if parallel.active else 1)
+        if parallel.active and parallel.world.size == 1:
+            blockers.append("data parallel forced on one rank (NCCL all-reduce each step)")
+        if not blockers:
+            return setting
+        if setting == "on":
+            raise ConfigError(f"training.cuda_graph = 'on': the step cannot be captured: {'; '.join(blockers)}")
+        if self.backend.on_device:
+            self.echo(f"training.cuda_graph = auto: eager steps ({'; '.join(blockers)})")
+        return None
+
+    def _persistent_signature(self) -> tuple:
+        """Trainable param keys and the addresses of the arrays a captured step keeps using:
+        params, optimizer buffers, layer state (BatchNorm running statistics)."""
+        model, optimizer = self.model, self.optimizer
+        trainable = tuple(f"{path}.{name}" for path, layer, name in model.parameters() if layer.is_trainable(name))
+        arrays = [layer.params[name] for _, layer, name in model.parameters()]
+        arrays += [a for store in optimizer.buffers.values() for _, a in sorted(store.items())]
+        arrays += [a for _, layer in model.named_layers() for _, a in sorted(layer.state().items())]
+        return trainable, tuple(_address(a) for a in arrays)
+
+    def _capturable_step(self, x, y) -> _CapturableStep:
+        """The step for this batch size, rebuilt when the trainable set or a persistent array changed."""
+        batch = int(y.shape[0])
+        built = self._steps.get(batch)
+        if built is not None and built.signature != self._persistent_signature():
+            self._steps.clear()  # every size's graph captured the old arrays
+            built = None
+        if built is None:
+            if self._sums is None:
+                self._sums = RunningMetrics(self.backend)
+            built = self._steps[batch] = _CapturableStep(self, x, y, self._sums, self.cuda_graph)
+        return built
+
     def _train_step(self, epoch: int, step: int, x, y, lr: float, running: RunningMetrics) -> None:
+        def seed_of(path):
+            return self.parallel.step_seed(dropout_seed(self.seed, epoch, step, path))
+
         def work():
             self.optimizer.lr = lr
             if self.parallel.begin_step(step, int(y.shape[0])) == 0.0:  # this rank's slice is empty
                 self.parallel.skip_step()
                 self.optimizer.step()
                 return
-            self.model.set_step_seeds(lambda index: self.parallel.step_seed(dropout_seed(self.seed, epoch, step, index)))
+            self.model.set_step_seeds(seed_of)
             logits = self.model.forward(x, training=True)
             loss = self.loss_fn.forward(logits, y)
             self.parallel.backward(self.loss_fn.backward())  # all-reduced over the ranks, if several
@@ -327,7 +443,16 @@ class Trainer:
                 self.run.ema.update()
             running.update(loss, logits, y)
 
-        self._guard_oom(work, self.batch_size, "--batch-size ")
+        def graph_work():
+            self.optimizer.lr = lr  # the host value: schedules, checkpoints, logs
+            captured = self._capturable_step(x, y)
+            if running is not self._adopted:  # a new epoch's sums: the step keeps writing the same arrays
+                running.adopt(self._sums)
+                self._adopted = running
+            captured.run(x, y, lr, {path: seed_of(path) for path in captured.scalars.seed_paths})
+            running.count(int(y.shape[0]))
+
+        self._guard_oom(work if self.cuda_graph is None else graph_work, self.batch_size, "--batch-size ")
 
     def _guard_oom(self, work, batch_size: int, option: str):
         try:

@@ -107,9 +107,11 @@ extern "C" __global__ void silu_backward(float* __restrict__ dx, const float* __
     }
 }
 
-extern "C" __global__ void dropout_forward(float* __restrict__ y, float* __restrict__ mask,
-                                           const float* __restrict__ x, int n,
-                                           unsigned int seed, unsigned int keep_threshold, float scale)
+// dropout_forward takes the seed by value (eager steps); dropout_forward_dev reads it from
+// device memory (seed[0]), so a captured CUDA graph draws a new mask each replay. One body.
+static __device__ __forceinline__ void dropout_forward_body(float* __restrict__ y, float* __restrict__ mask,
+                                                            const float* __restrict__ x, int n, unsigned int seed,
+                                                            unsigned int keep_threshold, float scale)
 {
     GRID_STRIDE_LOOP(i, n) {
         const unsigned int h = lowbias32(lowbias32((unsigned int)i) ^ seed);
@@ -117,6 +119,21 @@ extern "C" __global__ void dropout_forward(float* __restrict__ y, float* __restr
         mask[i] = m;
         y[i] = x[i] * m;
     }
+}
+
+extern "C" __global__ void dropout_forward(float* __restrict__ y, float* __restrict__ mask,
+                                           const float* __restrict__ x, int n,
+                                           unsigned int seed, unsigned int keep_threshold, float scale)
+{
+    dropout_forward_body(y, mask, x, n, seed, keep_threshold, scale);
+}
+
+extern "C" __global__ void dropout_forward_dev(float* __restrict__ y, float* __restrict__ mask,
+                                               const float* __restrict__ x, int n,
+                                               const unsigned int* __restrict__ seed, unsigned int keep_threshold,
+                                               float scale)
+{
+    dropout_forward_body(y, mask, x, n, seed[0], keep_threshold, scale);
 }
 
 extern "C" __global__ void dropout_backward(float* __restrict__ dx, const float* __restrict__ dy,

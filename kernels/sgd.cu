@@ -6,9 +6,17 @@
 //   with momentum:  v = momentum * v + g;  step = nesterov ? g + momentum * v : v
 //   without:        step = g
 //   param -= lr * step
-extern "C" __global__ void sgd_update(float* __restrict__ param, float* __restrict__ velocity,
-                                      const float* __restrict__ grad, int n, float lr, float momentum,
-                                      float weight_decay, int nesterov, int has_velocity)
+//
+// Two entry points share one body (sgd_update_body): sgd_update takes lr by value (the
+// eager path: no extra memory read), sgd_update_dev reads it from device memory (lr[0]),
+// so a CUDA graph that captured the launch sees the lr the host wrote before each replay.
+// The lr there is the param's full rate (base lr times its group's lr_scale, rounded to
+// float32 on the host), exactly the value sgd_update would get, so both agree bit for bit.
+
+static __device__ __forceinline__ void sgd_update_body(float* __restrict__ param, float* __restrict__ velocity,
+                                                       const float* __restrict__ grad, int n, float lr,
+                                                       float momentum, float weight_decay, int nesterov,
+                                                       int has_velocity)
 {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const float g = grad[i] + weight_decay * param[i];
@@ -20,4 +28,18 @@ extern "C" __global__ void sgd_update(float* __restrict__ param, float* __restri
         }
         param[i] -= lr * step;
     }
+}
+
+extern "C" __global__ void sgd_update(float* __restrict__ param, float* __restrict__ velocity,
+                                      const float* __restrict__ grad, int n, float lr, float momentum,
+                                      float weight_decay, int nesterov, int has_velocity)
+{
+    sgd_update_body(param, velocity, grad, n, lr, momentum, weight_decay, nesterov, has_velocity);
+}
+
+extern "C" __global__ void sgd_update_dev(float* __restrict__ param, float* __restrict__ velocity,
+                                          const float* __restrict__ grad, int n, const float* __restrict__ lr,
+                                          float momentum, float weight_decay, int nesterov, int has_velocity)
+{
+    sgd_update_body(param, velocity, grad, n, lr[0], momentum, weight_decay, nesterov, has_velocity);
 }

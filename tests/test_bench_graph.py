@@ -104,6 +104,22 @@ def test_check_setting_refuses_on_where_the_loop_cannot_capture(emulated_backend
         graph.check_cuda_graph_setting("on", numpy_backend)
 
 
+def test_check_setting_names_the_config_blockers(emulated_backend):
+    from gpucnn.config import load_config
+
+    config = validate_config(load_config("lenet5"))
+    graph.check_cuda_graph_setting("on", emulated_backend, config)  # sgd, no ema, no clipping: capturable
+    config["optimizer"]["name"] = "adam"
+    config["training"]["clip_grad_norm"] = 1.0
+    with pytest.raises(ConfigError) as info:
+        graph.check_cuda_graph_setting("on", emulated_backend, config, world_size=2)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "optimizer adam" in message and "clip_grad_norm" in message and "2 ranks" in message
+    assert "ema" not in message.replace("use 'auto'", "")
+    graph.check_cuda_graph_setting("auto", emulated_backend, config, world_size=2)  # auto: eager instead
+
+
 def test_config_key_validates():
     from gpucnn.config import load_config
 
@@ -116,19 +132,19 @@ def test_config_key_validates():
 
 
 def test_step_graph_runs_the_same_step_eagerly_on_the_emulator(emulated_backend):
-    """StepGraph on the emulator = the step function called directly, bit for bit."""
+    """StepGraph on the emulator = the step function called directly, bit for bit; its first
+    step is a real step (the probe runs it once), not an extra warm-up."""
     ops = emulated_backend.ops
     _igemm(ops)
     try:
         eager_model, graph_model = _model(dense=False, seed=3), _model(dense=False, seed=3)
         eager = _step_fn(eager_model, emulated_backend)
         stepper = graph.StepGraph(_step_fn(graph_model, emulated_backend), emulated_backend, setting="auto")
-        assert stepper.prepare() == "eager" and stepper.blockers == []
-        for _ in range(2):  # prepare ran the step twice (warm-up, blocker probe)
+        fed = []
+        for _ in range(4):
             eager()
-        for _ in range(3):
-            eager()
-            stepper.step()
+            stepper.step(lambda: fed.append(1))
+        assert stepper.mode == "eager" and stepper.blockers == [] and len(fed) == 4 and stepper.replays == 0
         for (_, a, name), (_, b, _) in zip(eager_model.parameters(), graph_model.parameters()):
             np.testing.assert_array_equal(a.params[name], b.params[name])
     finally:
@@ -137,20 +153,17 @@ def test_step_graph_runs_the_same_step_eagerly_on_the_emulator(emulated_backend)
 
 @pytest.mark.gpu
 def test_graph_replay_equals_eager_bit_for_bit(cuda_backend):
-    """On a GPU: a captured raw-kernel step replayed 4 times = 4 eager steps, bit for bit."""
+    """On a GPU: an eager first step, then a captured raw-kernel step replayed 3 times = 4 eager steps."""
     ops = cuda_backend.ops
     _igemm(ops)
     try:
         eager_model, graph_model = _model(dense=False, seed=5), _model(dense=False, seed=5)
         eager = _step_fn(eager_model, cuda_backend)
         stepper = graph.StepGraph(_step_fn(graph_model, cuda_backend), cuda_backend, setting="on")
-        assert stepper.prepare() == "graph"
-        for _ in range(3):  # warm-up, blocker probe, pool fill (the capture itself runs nothing)
-            eager()
         for _ in range(4):
             eager()
             stepper.step()
-        stepper.stream.synchronize()
+        assert stepper.mode == "graph" and stepper.replays == 3
         cuda_backend.synchronize()
         for (_, a, name), (_, b, _) in zip(eager_model.parameters(), graph_model.parameters()):
             np.testing.assert_array_equal(cuda_backend.to_host(a.params[name]), cuda_backend.to_host(b.params[name]))

@@ -142,8 +142,11 @@ def _tuning_wrapper(ops, op: str, method, candidates):
         if (not tuner.measures or ops._variant[op] != "auto" or getattr(ops, "precision", "fp32") != "fp32"
                 or getattr(ops, "deterministic", False)):
             return method(*args, **kwargs)
-        key = shape_key((*args, *(kwargs[k] for k in sorted(kwargs)))) + tuple(sorted(kwargs))
-        chosen = tuner.choose(op, key, lambda v: run_with(v, args, kwargs), candidates)
+        # capturable mode (a CUDA-graph step) excludes the cuBLAS variants: time only the others
+        excluded = getattr(ops, "excluded_variants", frozenset())
+        allowed = tuple(v for v in candidates if v not in excluded)
+        key = shape_key((*args, *(kwargs[k] for k in sorted(kwargs)))) + tuple(sorted(kwargs)) + (allowed,)
+        chosen = tuner.choose(op, key, lambda v: run_with(v, args, kwargs), allowed)
         tuner.current[op] = chosen
         try:
             return method(*args, **kwargs)

@@ -11,6 +11,8 @@ class Dropout(Layer):
 
     Each training forward draws a fresh 32-bit seed from ``rng`` (Generator, int or
     None); ``next_seed`` (settable) fixes the seed of the next call, for reproducible tests.
+    ``set_step_seed`` takes an int, or a (1,) uint32 device array that the kernel reads (a
+    CUDA-graph step: the host rewrites it before each replay; ``last_seed`` is then that array).
     Evaluation mode is the identity.
     """
 
@@ -34,8 +36,8 @@ class Dropout(Layer):
         y, self._mask = self.ops.dropout_forward(x, self.p, seed)
         return y
 
-    def set_step_seed(self, seed: int) -> None:
-        self.next_seed = int(seed)
+    def set_step_seed(self, seed) -> None:
+        self.next_seed = seed if hasattr(seed, "shape") else int(seed)
 
     def backward(self, dy, input_grad: bool = True):
         return dy if self._mask is None else self.ops.dropout_backward(dy, self._mask)

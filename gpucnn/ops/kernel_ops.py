@@ -28,6 +28,19 @@ the five GEMM ops (conv2d forward, backward-data and backward-filter, dense forw
 backward) run the tensor-core kernels of kernels/conv2d_tc.cu through gpucnn.cuda.tc_ops,
 whatever variant is set; the bias gradients stay on ``channel_sum`` in fp32. ``fp32`` runs
 the kernels above (the only ones on GPUs before sm_80).
+
+Capturable mode (``ops.capturable = True``, set by the Trainer for a CUDA-graph step): no
+library GEMM anywhere, because CuPy refuses cuBLAS under stream capture. Convolution
+``auto`` (and an explicitly set ``im2col_gemm``/``gemm_col2im``) runs ``igemm`` instead,
+the autotuner only times the raw-kernel variants, and the fp32 dense GEMMs run as 1x1
+convolutions through the ``igemm`` kernels (x (N, I) as (N, I, 1, 1), W (O, I) as
+(O, I, 1, 1)): the same products summed in another order, so they agree with xp.matmul to
+float32 rounding, not bit for bit. tf32/bf16 already use the tensor-core GEMMs.
+
+Per-step scalars: ``sgd_update``'s ``lr`` and ``dropout_forward``'s ``seed`` are either a
+number (passed by value: the eager path) or a 1-element device array (float32 / uint32),
+read by the kernel (``sgd_update_dev``, ``dropout_forward_dev``) so that a captured graph
+sees what the host wrote before each replay.
 """
 
 from __future__ import annotations
@@ -45,6 +58,9 @@ MAX_GRID = 65535
 IGEMM_TILE = 64
 IGEMM_TILE_K = 16
 
+# Conv variants that multiply through xp.matmul (cuBLAS on the GPU): never in capturable mode.
+LIBRARY_VARIANTS = frozenset({"im2col_gemm", "gemm_col2im"})
+
 VARIANTS = {
     "conv2d_forward": ("auto", "im2col_gemm", "igemm", "direct"),
     "conv2d_backward_data": ("auto", "gemm_col2im", "igemm", "direct"),
@@ -59,6 +75,16 @@ def _out_size(size: int, kernel: int, stride: int, padding: int) -> int:
 
 def _i32(*values) -> list:
     return [np.int32(v) for v in values]
+
+
+def _device_scalar(op: str, name: str, value, dtype) -> bool:
+    """True when ``value`` is a 1-element array (read by the kernel), False for a number."""
+    if not hasattr(value, "shape"):
+        return False
+    if value.size != 1 or value.dtype != dtype:
+        raise TypeError(f"{op}: {name} as an array must hold one {np.dtype(dtype).name}, got "
+                        f"{value.dtype} of shape {tuple(value.shape)}")
+    return True
 
 
 class KernelOps:
@@ -88,6 +114,13 @@ class KernelOps:
         self.deterministic = False
         # GEMM precision: fp32 (the kernels above), or tf32/bf16 (the tensor-core kernels).
         self.precision = "fp32"
+        # No library (cuBLAS) call in any op: what a CUDA-graph step needs (module doc).
+        self.capturable = False
+
+    @property
+    def excluded_variants(self) -> frozenset:
+        """Variants ``auto`` must not pick (and the tuner must not time) in the current mode."""
+        return LIBRARY_VARIANTS if self.capturable else frozenset()
 
     # ---- variants ---------------------------------------------------------------------
     @property
@@ -158,13 +191,15 @@ class KernelOps:
     def _pick(self, op: str, out_channels: int, reduction: int) -> str:
         """The variant to run for ``op``; resolves ``auto`` from the GEMM's M and K sizes."""
         variant = self._variant[op]
-        if variant != "auto":
-            return variant
-        if out_channels < 32 or reduction < 64:
-            rule = "direct" if op == "conv2d_forward" else "igemm"
-        else:
-            rule = VARIANTS[op][1]
-        return self.autotune.resolve(op, rule)  # the measured choice of this call, if tuned
+        if variant == "auto":
+            if out_channels < 32 or reduction < 64:
+                rule = "direct" if op == "conv2d_forward" else "igemm"
+            else:
+                rule = VARIANTS[op][1]
+            variant = self.autotune.resolve(op, rule)  # the measured choice of this call, if tuned
+        if variant in self.excluded_variants:
+            return "igemm"  # capturable mode: the raw-kernel GEMM instead of cuBLAS
+        return variant
 
     @property
     def _tensor_cores(self) -> bool:
@@ -189,9 +224,7 @@ class KernelOps:
         if variant == "direct":
             self._launch_flat("conv2d_forward_direct", y.size, y, x, w, bias, np.int32(b is not None), *_i32(*g))
         elif variant == "igemm":
-            grid = (math.ceil(n * oh * ow / IGEMM_TILE), math.ceil(o / IGEMM_TILE))
-            self.launcher.launch("conv2d_forward_igemm", grid, (THREADS,),
-                                 (y, x, w, bias, np.int32(b is not None), *_i32(*g)))
+            self._forward_igemm(y, x, w, b, g)
         else:
             k, p = c * kh * kw, oh * ow
             w2 = w.reshape(o, k)
@@ -205,6 +238,31 @@ class KernelOps:
             if b is not None:
                 self._launch_flat("add_channel_bias", y.size, y, b, *_i32(n, o, oh * ow))
         return y
+
+    def _forward_igemm(self, y, x, w, b, g) -> None:
+        """y (N, O, OH, OW) := conv of x with w (+ b) by the tiled implicit GEMM; g: _conv_geometry."""
+        n, o, oh, ow = g[0], g[4], g[11], g[12]
+        grid = (math.ceil(n * oh * ow / IGEMM_TILE), math.ceil(o / IGEMM_TILE))
+        self.launcher.launch("conv2d_forward_igemm", grid, (THREADS,),
+                             (y, x, w, b if b is not None else w, np.int32(b is not None), *_i32(*g)))
+
+    def _backward_data_igemm(self, dx, dy, w, g) -> None:
+        """dx (N, C, H, W) := dy through the rotated filter by the tiled implicit GEMM."""
+        n, c, h, wd = g[:4]
+        grid = (math.ceil(n * h * wd / IGEMM_TILE), math.ceil(c / IGEMM_TILE))
+        self.launcher.launch("conv2d_backward_data_igemm", grid, (THREADS,), (dx, dy, w, *_i32(*g)))
+
+    def _backward_filter_igemm(self, dw, dy, x, g) -> None:
+        """dw (O, C, KH, KW) := correlation of x with dy by the tiled implicit GEMM (split over N*P)."""
+        n, c, o, kh, kw, oh, ow = g[0], g[1], g[4], g[5], g[6], g[11], g[12]
+        k, p = c * kh * kw, oh * ow
+        grid_x, grid_y = math.ceil(k / IGEMM_TILE), math.ceil(o / IGEMM_TILE)
+        splits = self._splitk(grid_x * grid_y, math.ceil(n * p / IGEMM_TILE_K))
+        partial = dw if splits == 1 else self._empty((splits, o, k))
+        self.launcher.launch("conv2d_backward_filter_igemm", (grid_x, grid_y, splits), (THREADS,),
+                             (partial, dy, x, *_i32(*g)))
+        if splits > 1:
+            self._launch_flat("splitk_reduce", dw.size, dw, partial, *_i32(splits, dw.size))
 
     def conv2d_backward_data(self, dy, w, x_shape, stride, padding):
         """dx (N, C, H, W): dy (N, O, OH, OW) through the 180-degree rotated filter."""
@@ -221,8 +279,7 @@ class KernelOps:
         if variant == "direct":
             self._launch_flat("conv2d_backward_data_direct", dx.size, dx, dy, w, *_i32(*g))
         elif variant == "igemm":
-            grid = (math.ceil(n * h * wd / IGEMM_TILE), math.ceil(c / IGEMM_TILE))
-            self.launcher.launch("conv2d_backward_data_igemm", grid, (THREADS,), (dx, dy, w, *_i32(*g)))
+            self._backward_data_igemm(dx, dy, w, g)
         else:
             k, p = c * kh * kw, oh * ow
             w2t = w.reshape(o, k).T
@@ -255,13 +312,7 @@ class KernelOps:
             self.launcher.launch("conv2d_backward_filter_direct", (dw.size,), (self.reduction_threads,),
                                  (dw, dy, x, *_i32(*g)))
         elif variant == "igemm":
-            grid_x, grid_y = math.ceil(k / IGEMM_TILE), math.ceil(o / IGEMM_TILE)
-            splits = self._splitk(grid_x * grid_y, math.ceil(n * p / IGEMM_TILE_K))
-            partial = dw if splits == 1 else self._empty((splits, o, k))
-            self.launcher.launch("conv2d_backward_filter_igemm", (grid_x, grid_y, splits), (THREADS,),
-                                 (partial, dy, x, *_i32(*g)))
-            if splits > 1:
-                self._launch_flat("splitk_reduce", dw.size, dw, partial, *_i32(splits, dw.size))
+            self._backward_filter_igemm(dw, dy, x, g)
         else:
             w2 = dw.reshape(o, k)
             step = self._chunk(n, k * p)
@@ -374,17 +425,27 @@ class KernelOps:
         self._launch_flat("avgpool2d_backward", dx.size, dx, dy, *_i32(*g))
         return dx
 
-    # ---- dense (cuBLAS through xp.matmul; tensor-core GEMMs in tf32/bf16) ----------------
+    # ---- dense (cuBLAS through xp.matmul; igemm 1x1 convolutions when capturable; ---------
+    # ---- tensor-core GEMMs in tf32/bf16) ------------------------------------------------
+    @staticmethod
+    def _dense_geometry(n: int, i: int, o: int):
+        """_conv_geometry of the 1x1 convolution x (n, i, 1, 1) * w (o, i, 1, 1) that a dense layer is."""
+        return (n, i, 1, 1, o, 1, 1, 1, 1, 0, 0, 1, 1)
+
     def dense_forward(self, x, w, b):
         """y (N, O) = x (N, I) @ w.T + b."""
         x, w = self._float32("dense_forward", x, w)
-        if self._tensor_cores:
-            if b is not None:
-                (b,) = self._float32("dense_forward", b)
-            return tc_ops.dense_forward_tc(self.launcher, self.xp, x, w, b, self.precision)
-        y = self.xp.matmul(x, w.T)
         if b is not None:
             (b,) = self._float32("dense_forward", b)
+        if self._tensor_cores:
+            return tc_ops.dense_forward_tc(self.launcher, self.xp, x, w, b, self.precision)
+        if self.capturable:
+            (n, i), o = x.shape, w.shape[0]
+            y = self._empty((n, o))
+            self._forward_igemm(y, x, w, b, self._dense_geometry(n, i, o))
+            return y
+        y = self.xp.matmul(x, w.T)
+        if b is not None:
             self._launch_flat("add_channel_bias", y.size, y, b, *_i32(y.shape[0], y.shape[1], 1))
         return y
 
@@ -393,6 +454,11 @@ class KernelOps:
         dy, x, w = self._float32("dense_backward", dy, x, w)
         if self._tensor_cores:
             dx, dw = tc_ops.dense_backward_tc(self.launcher, self.xp, dy, x, w, self.precision)
+        elif self.capturable:
+            g = self._dense_geometry(x.shape[0], x.shape[1], w.shape[0])
+            dx, dw = self._empty(x.shape), self._empty(w.shape)
+            self._backward_data_igemm(dx, dy, w, g)
+            self._backward_filter_igemm(dw, dy, x, g)
         else:
             dx = self.xp.matmul(dy, w)
             dw = self.xp.matmul(dy.T, x)
@@ -401,17 +467,26 @@ class KernelOps:
 
     # ---- activations ------------------------------------------------------------------
     def dropout_forward(self, x, p, seed):
-        """(y, mask): inverted dropout with the shared counter-based hash of (seed, index)."""
+        """(y, mask): inverted dropout with the shared counter-based hash of (seed, index).
+
+        ``seed``: an int in [0, 2**32) (by value), or a 1-element uint32 device array the
+        kernel reads (a CUDA-graph step; its value is not checked, it must not be read here).
+        """
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        if not 0 <= int(seed) < 2**32:
+        on_device = _device_scalar("dropout_forward", "seed", seed, np.uint32)
+        if not on_device and not 0 <= int(seed) < 2**32:
             raise ValueError(f"dropout seed must be in [0, 2**32), got {seed}")
         (x,) = self._float32("dropout_forward", x)
         y, mask = self._empty(x.shape), self._empty(x.shape)
         threshold = math.ceil(float(p) * 2**24)  # u >= p  <=>  (h >> 8) >= ceil(p * 2**24)
         scale = np.float32(1.0 / (1.0 - float(p)))
-        self._launch_flat("dropout_forward", x.size, y, mask, x, np.int32(x.size),
-                          np.uint32(int(seed)), np.uint32(threshold), scale)
+        if on_device:
+            self._launch_flat("dropout_forward_dev", x.size, y, mask, x, np.int32(x.size), seed,
+                              np.uint32(threshold), scale)
+        else:
+            self._launch_flat("dropout_forward", x.size, y, mask, x, np.int32(x.size),
+                              np.uint32(int(seed)), np.uint32(threshold), scale)
         return y, mask
 
     def dropout_backward(self, dy, mask):
@@ -470,7 +545,10 @@ class KernelOps:
 
     # ---- optimizer --------------------------------------------------------------------
     def sgd_update(self, param, grad, velocity, lr, momentum, nesterov, weight_decay):
-        """In place: param -= lr * step (see gpucnn.ops); velocity is None when momentum == 0."""
+        """In place: param -= lr * step (see gpucnn.ops); velocity is None when momentum == 0.
+
+        ``lr``: a number (by value), or a 1-element float32 device array the kernel reads.
+        """
         for name, a in (("param", param), ("velocity", velocity)):
             if a is not None and (a.dtype != np.float32 or not a.flags.c_contiguous):
                 raise TypeError(f"sgd_update: {name} must be a C-contiguous float32 array (updated in place), "
@@ -482,9 +560,12 @@ class KernelOps:
         has_velocity = bool(momentum) and velocity is not None
         if momentum and velocity is None:
             raise ValueError("sgd_update: momentum > 0 needs a velocity array")
-        self._launch_flat("sgd_update", param.size, param, velocity if has_velocity else param, grad,
-                          np.int32(param.size), np.float32(lr), np.float32(momentum),
-                          np.float32(weight_decay), np.int32(bool(nesterov)), np.int32(has_velocity))
+        rest = (np.float32(momentum), np.float32(weight_decay), np.int32(bool(nesterov)), np.int32(has_velocity))
+        head = (param, velocity if has_velocity else param, grad, np.int32(param.size))
+        if _device_scalar("sgd_update", "lr", lr, np.float32):
+            self._launch_flat("sgd_update_dev", param.size, *head, lr, *rest)
+        else:
+            self._launch_flat("sgd_update", param.size, *head, np.float32(lr), *rest)
 
     # ---- batch normalization ----------------------------------------------------------
     def _bn_chunks(self, m: int, channels: int) -> tuple[int, int]:

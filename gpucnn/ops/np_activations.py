@@ -253,7 +253,11 @@ def dropout_keep_uniform(size: int, seed: int) -> np.ndarray:
 
 
 def dropout_forward(x, p, seed):
-    """(y, mask): mask holds 0 where u < p, else 1/(1 - p); y = x * mask."""
+    """(y, mask): mask holds 0 where u < p, else 1/(1 - p); y = x * mask.
+
+    ``seed``: an int, or a 1-element uint32 array holding it (read on the host here)."""
+    if hasattr(seed, "shape"):
+        seed = int(np.asarray(seed).reshape(-1)[0])
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     keep = dropout_keep_uniform(x.size, seed).reshape(x.shape) >= p
