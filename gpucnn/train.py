@@ -127,8 +127,11 @@ class _CapturableStep:
             self.scalars.write(lr, seeds)
 
         self.graph.step(feed)
-        if self.signature is None:
+        if self.signature is None:  # the first step: the probe decided the mode
             self.signature = self.trainer._persistent_signature()
+            if self.graph.mode == "eager" and self.graph.blockers and self.trainer.backend.on_device:
+                self.trainer._say_once(f"training.cuda_graph = auto: eager steps (cuBLAS calls in: "
+                                       f"{'; '.join(self.graph.blockers)})")
 
 
 @dataclass
@@ -225,7 +228,8 @@ class Trainer:
         self.parallel = run.parallel if run.parallel is not None else _single_process(run)
         if not self.parallel.is_writer:  # rank 0 alone prints and writes
             self.echo, self.progress_bar = (lambda line: None), False
-        self.cuda_graph = self._cuda_graph_mode()
+        self._said: set[str] = set()
+        self.cuda_graph = self._cuda_graph_mode()  # None: eager steps; "auto"/"on": _CapturableStep
         self._steps: dict[int, _CapturableStep] = {}  # by batch size
         self._sums: RunningMetrics | None = None  # what the capturable steps accumulate into
         self._adopted: RunningMetrics | None = None
@@ -396,8 +400,14 @@ class Trainer:
         if setting == "on":
             raise ConfigError(f"training.cuda_graph = 'on': the step cannot be captured: {'; '.join(blockers)}")
         if self.backend.on_device:
-            self.echo(f"training.cuda_graph = auto: eager steps ({'; '.join(blockers)})")
+            self._say_once(f"training.cuda_graph = auto: eager steps ({'; '.join(blockers)})")
         return None
+
+    def _say_once(self, line: str) -> None:
+        """Echo ``line`` the first time only (why cuda_graph = auto runs eagerly)."""
+        if line not in self._said:
+            self._said.add(line)
+            self.echo(line)
 
     def _persistent_signature(self) -> tuple:
         """Trainable param keys and the addresses of the arrays a captured step keeps using:

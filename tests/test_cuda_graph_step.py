@@ -254,15 +254,41 @@ def test_a_blocker_makes_auto_eager_and_on_an_error(tmp_path, emulated_backend):
 
 
 def test_a_changed_trainable_set_rebuilds_the_step(tmp_path, emulated_backend):
+    frozen = {}
+
     def freeze_after_first_epoch(t):
         if t.progress.global_step == 3:
             t.model.layers[0].frozen = True
+            frozen["W"] = t.model.layers[0].params["W"].copy()
+            frozen["signature"] = t._steps[16].signature
 
     trainer, _ = _train(tmp_path, "on", dense=False, label="on", on_step=freeze_after_first_epoch)
-    w = trainer.model.layers[0].params["W"]
-    trainable = trainer._steps[16].signature[0]
-    assert "0.W" not in trainable and "5.W" in trainable  # the step of epoch 2 was built after the freeze
-    assert w is trainer.model.layers[0].params["W"]
+    before, after = frozen["signature"][0], trainer._steps[16].signature[0]
+    assert "0.W" in before and "0.W" not in after and "5.W" in after  # epoch 2's step was built anew
+    np.testing.assert_array_equal(trainer.model.layers[0].params["W"], frozen["W"])
+
+
+def test_an_interrupted_capturable_run_resumes_exactly(tmp_path, emulated_backend):
+    """Stopped mid-epoch (step 2 of epoch 2) and resumed: the capturable step's sums, seeds and
+    params continue exactly as in the uninterrupted run."""
+    from gpucnn.checkpoint import load_checkpoint
+
+    full, _ = _train(tmp_path, "on", dense=False, label="full")
+    config, data = _config("on", dense=False), _tiny()
+    stop = Trainer(build_run(config, data), tmp_path / "part", echo=lambda s: None, progress_bar=False,
+                   on_step=lambda t: t.progress.global_step == 5 and t.request_stop())
+    assert stop.fit().status == "interrupted"
+    checkpoint = load_checkpoint(tmp_path / "part" / "last.npz")
+    assert (checkpoint.progress.epoch, checkpoint.progress.step_in_epoch) == (1, 2)
+    resumed = Trainer(build_run(checkpoint.config, data, checkpoint), tmp_path / "part", echo=lambda s: None,
+                      progress_bar=False)
+    assert resumed.fit().status == "completed"
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    keep = ("train_loss", "train_acc", "test_loss", "test_acc")
+    assert [{k: r[k] for k in keep} for r in full.metrics_log.records] == \
+           [{k: r[k] for k in keep} for r in resumed.metrics_log.records]
 
 
 # ---- replayability, proven on the CPU ------------------------------------------------------

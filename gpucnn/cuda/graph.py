@@ -227,5 +227,7 @@ class StepGraph:
             except Exception as exc:  # something the blocker probe does not know refused capture
                 with contextlib.suppress(Exception):
                     self.stream.end_capture()
+                if any("OutOfMemory" in cls.__name__ for cls in type(exc).__mro__):
+                    raise  # the Trainer's OOM guard names the batch size
                 raise GraphCaptureError(f"capturing the step failed: {type(exc).__name__}: {exc}"[:300]) from exc
             self._graph = self.stream.end_capture()
