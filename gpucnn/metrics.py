@@ -1,6 +1,7 @@
 """Running loss/accuracy sums kept on the device, confusion matrices, and the metrics log.
 
-``RunningMetrics`` adds each batch's loss and correct count to device scalars, so a training
+``RunningMetrics`` adds each batch's loss and correct count to device scalars, in place (so a
+CUDA graph that captured the addition keeps adding into the same arrays), and a training
 step never waits for the GPU; ``read()`` copies them to the host (one sync) when the caller
 wants numbers (every ``log_every`` steps and at the end of an epoch).
 """

@@ -137,6 +137,18 @@ def test_capturable_conv_auto_never_picks_the_cublas_variants(emulated_backend):
         ops.set_variant("conv2d_backward_data", "auto")
 
 
+def test_the_probe_watches_the_backend_module_too(emulated_backend):
+    """Layers, losses and metrics reach arrays through ``backend.xp``: a library call there counts."""
+    a = np.ones((3, 3), np.float32)
+
+    def layer_code():
+        return emulated_backend.xp.matmul(a, a)
+
+    assert graph.capture_blockers(layer_code, emulated_backend.ops) == []  # ops.xp alone misses it
+    assert graph.capture_blockers(layer_code, emulated_backend.ops, emulated_backend) == ["layer_code (xp.matmul)"]
+    assert emulated_backend.xp is np and emulated_backend.ops.xp is np
+
+
 @pytest.mark.parametrize("name", ["lenet5", "cifar10-vgg", "cifar10-fast", "resnet20"])
 def test_the_shipped_models_have_no_capture_blockers_in_capturable_mode(emulated_backend, name):
     config = validate_config(load_config(name))
@@ -151,10 +163,10 @@ def test_the_shipped_models_have_no_capture_blockers_in_capturable_mode(emulated
         model.backward(loss_fn.backward(), input_grad=False)
         optimizer.step()
 
-    assert graph.capture_blockers(step, ops) != []  # eagerly, the GEMMs go to cuBLAS
+    assert graph.capture_blockers(step, ops, emulated_backend) != []  # eagerly, the GEMMs go to cuBLAS
     ops.capturable = True
     try:
-        assert graph.capture_blockers(step, ops) == []
+        assert graph.capture_blockers(step, ops, emulated_backend) == []
     finally:
         ops.capturable = False
     assert graph.config_blockers(config) == []  # and nothing in the recipe blocks a graph
@@ -417,12 +429,13 @@ def test_the_capturable_step_is_replayable(tmp_path, emulated_backend, monkeypat
         recorder, _HostReadGuard.reads = _Recorder(backend.ops.launcher), []
         with monkeypatch.context() as patch:
             patch.setattr(backend.ops.launcher, "launch", recorder)
-            patch.setattr(backend, "xp", _GuardingModule(np))
-            patch.setattr(backend.ops, "xp", _GuardingModule(np))
+            guard = _GuardingModule(np)
+            patch.setattr(backend, "xp", guard)
+            patch.setattr(backend.ops, "xp", guard)
             for name in ("to_host", "synchronize"):
                 patch.setattr(backend, name, lambda *a, name=name: syncs.append(name))
             patch.setattr(backend.ops.launcher, "synchronize", lambda: syncs.append("launcher.synchronize"))
-            blockers = graph.capture_blockers(inner, backend.ops)
+            blockers = graph.capture_blockers(inner, backend.ops, backend)
         steps.append((recorder.launches, list(_HostReadGuard.reads), blockers, stale))
 
     captured.graph.step_fn = instrumented

@@ -86,21 +86,25 @@ class _RecordingModule:
         return value
 
 
-def capture_blockers(step_fn: Callable[[], object], ops) -> list[str]:
+def capture_blockers(step_fn: Callable[[], object], ops, backend=None) -> list[str]:
     """Run ``step_fn`` once and list "op (xp.fn)" for every op that called a cuBLAS routine.
 
     ``ops`` is the backend's ops object; without an ``xp`` attribute (the numpy backend) the
-    whole step is host code and the answer is ["the numpy backend (host code)"].
+    whole step is host code and the answer is ["the numpy backend (host code)"]. With
+    ``backend``, its ``xp`` (what layers, losses and metrics use) is watched too.
     """
     if not hasattr(ops, "xp"):
         return ["the numpy backend (host code)"]
     found: dict[str, set[str]] = {}
     real = ops.xp
-    ops.xp = _RecordingModule(real, found)
+    watched = [ops] + ([backend] if backend is not None and backend.xp is real else [])
+    for owner in watched:
+        owner.xp = _RecordingModule(real, found)
     try:
         step_fn()
     finally:
-        ops.xp = real
+        for owner in watched:
+            owner.xp = real
     return [f"{op} ({', '.join(sorted(calls))})" for op, calls in sorted(found.items())]
 
 
@@ -189,7 +193,7 @@ class StepGraph:
 
     def prepare(self) -> str:
         """The first step, eagerly and under the blocker probe; sets and returns the mode."""
-        self.blockers = capture_blockers(self.step_fn, self.backend.ops)
+        self.blockers = capture_blockers(self.step_fn, self.backend.ops, self.backend)
         self.mode = resolve(self.setting, self.backend, self.blockers)
         return self.mode
 
