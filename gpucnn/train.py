@@ -129,9 +129,9 @@ class _CapturableStep:
         self.graph.step(feed)
         if self.signature is None:  # the first step: the probe decided the mode
             self.signature = self.trainer._persistent_signature()
-            if self.graph.mode == "eager" and self.graph.blockers and self.trainer.backend.on_device:
-                self.trainer._say_once(f"training.cuda_graph = auto: eager steps (cuBLAS calls in: "
-                                       f"{'; '.join(self.graph.blockers)})")
+        if self.graph.mode == "eager" and self.graph.blockers and self.trainer.backend.on_device:
+            # said once: the probe found cuBLAS calls, or capturing failed (StepGraph fell back)
+            self.trainer._say_once(f"training.cuda_graph = auto: eager steps ({'; '.join(self.graph.blockers)})")
 
 
 @dataclass

@@ -151,6 +151,29 @@ def test_step_graph_runs_the_same_step_eagerly_on_the_emulator(emulated_backend)
         _auto(ops)
 
 
+def test_a_failed_capture_under_auto_trains_eagerly_and_under_on_raises(emulated_backend, monkeypatch):
+    """Capturing can fail on a GPU for reasons the probe does not see: ``auto`` then runs that
+    step (and every later one) eagerly and says why; ``on`` raises."""
+    class FakeCuda:  # resolve() makes the mode "graph"; the probe and steps run on the emulator
+        kernels, on_device, name = True, True, "cuda"
+        ops, xp = emulated_backend.ops, emulated_backend.xp
+
+    def refuse(self):
+        raise graph.GraphCaptureError("capturing the step failed: cudaErrorStreamCaptureUnsupported")
+
+    monkeypatch.setattr(graph.StepGraph, "_capture", refuse)
+    calls = []
+    stepper = graph.StepGraph(lambda: calls.append(1), FakeCuda, setting="auto")
+    for _ in range(3):
+        stepper.step()
+    assert calls == [1, 1, 1] and stepper.mode == "eager" and stepper.replays == 0
+    assert "cudaErrorStreamCaptureUnsupported" in stepper.blockers[0]
+    strict = graph.StepGraph(lambda: None, FakeCuda, setting="on")
+    strict.step()  # the first step is the eager probe
+    with pytest.raises(graph.GraphCaptureError, match="StreamCaptureUnsupported"):
+        strict.step()
+
+
 @pytest.mark.gpu
 def test_graph_replay_equals_eager_bit_for_bit(cuda_backend):
     """On a GPU: an eager first step, then a captured raw-kernel step replayed 3 times = 4 eager steps."""

@@ -207,7 +207,15 @@ class StepGraph:
             self.step_fn()
             return
         if self._graph is None:
-            self._capture()
+            try:
+                self._capture()
+            except GraphCaptureError as exc:
+                if self.setting == "on":
+                    raise
+                # auto: a step that cannot be captured still trains, eagerly (the Trainer says why)
+                self.mode, self.blockers = "eager", [str(exc)]
+                self.step_fn()
+                return
         self._launch()
 
     def _launch(self) -> None:
