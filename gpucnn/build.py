@@ -178,7 +178,7 @@ def build_model(config: dict, input_shape: tuple[int, ...], num_classes: int, se
             f"model.layers[{last}]: the model must end in one logit per class, shape ({num_classes},), "
             f"but it gives {shape}; end with {{type = \"dense\", out_features = {num_classes}}}"
         )
-    return Sequential(built)
+    return Sequential(built, fuse=config["model"]["fuse_batchnorm_activation"])
 
 
 @dataclass

@@ -259,6 +259,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "layers": Field(check_layers, required=True),
         # data-parallel ranks: BatchNorm statistics over the global batch (all-reduced) instead of each rank's
         "sync_batchnorm": Field(boolean, False),
+        # a batchnorm2d directly followed by an activation its op can apply (relu, gelu) does both in
+        # its kernels (one launch less forward and backward, docs/fusion.md); false: every layer apart
+        "fuse_batchnorm_activation": Field(boolean, True),
     },
     "data": {
         "dataset": Field(choice(*DATASETS), "cifar10"),

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from gpucnn.atomic import atomic_open
+from gpucnn.fusion import FusionPlan
 from gpucnn.layers.base import Layer
 
 
@@ -23,9 +24,14 @@ class Sequential:
     Containers (``Residual``...) expose their children through ``Layer.sublayers()``; their
     params are keyed by the child's path, ``layers.{i}.body.{j}.{name}``. A flat model's
     keys are unchanged.
+
+    ``fuse`` (default True): a BatchNorm2D directly followed by an activation its op can apply
+    (ReLU, GELU) does both in its own kernels and the activation layer passes through
+    (gpucnn.fusion; the layer list, keys and outputs are unchanged). ``set_fusion(False)``
+    turns that off, e.g. to debug one layer's ops.
     """
 
-    def __init__(self, layers: list[Layer]) -> None:
+    def __init__(self, layers: list[Layer], fuse: bool = True) -> None:
         layers = list(layers)
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
@@ -33,12 +39,21 @@ class Sequential:
         if not layers:
             raise ValueError("Sequential: needs at least one layer")
         self.layers = layers
+        self.fusion = FusionPlan(fuse)
+        self.fusion.refresh(self.layers)
+
+    def set_fusion(self, enabled: bool) -> None:
+        """Fuse BatchNorm2D + activation pairs (True) or run every layer's own ops (False)."""
+        self.fusion.enabled = bool(enabled)
+        self.fusion.refresh(self.layers)
 
     @property
     def backend(self):
         return self.layers[0].backend
 
     def forward(self, x, training: bool = True):
+        # Re-planned only when the layer tree changed since the last call (a cheap walk otherwise).
+        self.fusion.refresh(self.layers)
         for layer in self.layers:
             x = layer.forward(x, training=training)
         return x
@@ -94,8 +109,12 @@ class Sequential:
                 layer.grads[name] = layer.xp.zeros_like(layer.params[name])
 
     def summary(self, input_shape: tuple[int, ...]) -> str:
-        """Keras-like table: layer, per-sample output shape, params; then the totals."""
+        """Keras-like table: layer, per-sample output shape, params; then the totals.
+
+        A layer whose work the layer before it does (see ``fuse``) is marked "(fused into previous)".
+        """
         rows: list[tuple[str, str, str]] = []
+        self.fusion.refresh(self.layers)
         shape = tuple(input_shape)
         for i, layer in enumerate(self.layers):
             shape = _summary_rows(f"{i}", layer, shape, 0, rows)
@@ -169,7 +188,8 @@ def _summary_rows(label: str, layer: Layer, shape: tuple[int, ...], depth: int, 
     The children of one branch (``{branch}.{j}``) run in order from the container's input.
     """
     out_shape = tuple(layer.output_shape(shape))
-    rows.append((f"{'  ' * depth}{label}: {layer!r}", str((None, *out_shape)), f"{layer.num_params():,}"))
+    fused = " (fused into previous)" if layer.absorbed else ""
+    rows.append((f"{'  ' * depth}{label}: {layer!r}{fused}", str((None, *out_shape)), f"{layer.num_params():,}"))
     branch_shapes: dict[str, tuple[int, ...]] = {}
     for name, child in layer.sublayers():
         branch = name.rsplit(".", 1)[0]

@@ -10,8 +10,17 @@ from gpucnn.layers.base import Layer
 from gpucnn.ops import ACTIVATIONS, Activation
 
 
+# What an absorbed layer's forward leaves for its backward (no array: nothing to cache).
+_PASSED_THROUGH = object()
+
+
 class ActivationLayer(Layer):
-    """Caches the output or the input (as ``activation.cached`` says) for its backward pass."""
+    """Caches the output or the input (as ``activation.cached`` says) for its backward pass.
+
+    Absorbed (``set_absorbed(True)``, by a BatchNorm2D that applies this activation in its own
+    kernels) it passes through: forward returns x, backward returns dy (the absorbing
+    layer's backward already multiplied by the activation's derivative).
+    """
 
     activation: Activation
 
@@ -19,8 +28,20 @@ class ActivationLayer(Layer):
         super().__init__(None)
         self._cache = None
 
+    @property
+    def elementwise_activation(self) -> Activation:
+        return self.activation
+
+    def set_absorbed(self, absorbed: bool) -> None:
+        self.absorbed = bool(absorbed)
+        # A forward of the other mode must not be paired with a backward of this one.
+        self._cache = None
+
     def forward(self, x, training: bool = True):
         self.check_input(x, None, "")
+        if self.absorbed:
+            self._cache = _PASSED_THROUGH
+            return x
         forward, _ = self.activation.ops
         y = getattr(self.ops, forward)(x)
         self._cache = x if self.activation.cached == "input" else y
@@ -29,6 +50,8 @@ class ActivationLayer(Layer):
     def backward(self, dy, input_grad: bool = True):
         if self._cache is None:
             raise RuntimeError(f"{self.name}: backward called before forward")
+        if self._cache is _PASSED_THROUGH:  # as its forward was: the previous layer did the work
+            return dy
         _, backward = self.activation.ops
         return getattr(self.ops, backward)(dy, self._cache)
 

@@ -99,6 +99,33 @@ class Layer:
     def set_step_seed(self, seed: int) -> None:
         """The uint32 seed of the next training forward (only called when ``takes_step_seed``)."""
 
+    # Fusion (gpucnn.fusion plans it): a layer may do the work of the layer right after it in
+    # a chain, in its own kernels, e.g. BatchNorm2D applies the ReLU/GELU that follows it. The
+    # absorbed layer stays in the tree (params, keys, export unchanged) and passes through.
+    # Defaults: nothing fuses.
+
+    @property
+    def elementwise_activation(self):
+        """The ``gpucnn.ops.ACTIVATIONS`` entry this layer applies element-wise, else None."""
+        return None
+
+    def can_absorb(self, following: Layer) -> bool:
+        """Whether this layer can also do ``following``'s work (``following`` comes right after it)."""
+        return False
+
+    def absorb(self, following: Layer | None) -> None:
+        """Do ``following``'s work from the next forward on (None: stop; only when ``can_absorb``)."""
+        if following is not None:
+            raise TypeError(f"{self.name} cannot absorb {following.name}")
+
+    # True while the previous layer does this layer's work: forward returns x, backward dy.
+    absorbed = False
+
+    def set_absorbed(self, absorbed: bool) -> None:
+        """Pass through (True) because the previous layer absorbed this one, or work again (False)."""
+        if absorbed:
+            raise TypeError(f"{self.name} cannot be absorbed into the layer before it")
+
     def __call__(self, x, training: bool = True):
         return self.forward(x, training=training)
 

@@ -6,12 +6,17 @@ import numpy as np
 
 from gpucnn.checks import finite_number
 from gpucnn.layers.base import Layer
+from gpucnn.ops import BN_FUSED_ACTIVATIONS
 
 
 class BatchNorm2D(Layer):
     """Training: normalize with batch statistics and update the running ones as PyTorch:
     running = (1 - momentum) * running + momentum * batch, with the UNBIASED batch variance.
     Evaluation: normalize with the running statistics. Params gamma ("weight"), beta ("bias").
+
+    It can absorb the activation layer right after it when the op fuses that activation
+    (``gpucnn.ops.BN_FUSED_ACTIVATIONS``): y = act(BN(x)) in the normalize kernel, and the
+    backward recomputes act's input instead of reading a cached one (see gpucnn.fusion).
     """
 
     param_kinds = {"gamma": "weight", "beta": "bias"}
@@ -35,9 +40,26 @@ class BatchNorm2D(Layer):
         self.running_mean = self.backend.asarray(np.zeros(num_features, dtype=self.dtype))
         self.running_var = self.backend.asarray(np.ones(num_features, dtype=self.dtype))
         self._cache = None
+        self._activation = None  # the ops.ACTIVATIONS entry absorbed from the next layer, or None
         # Set by gpucnn.distributed for model.sync_batchnorm: an object with this layer's two
         # training ops (same signatures) that uses the statistics of the global batch.
         self.stats_sync = None
+
+    def can_absorb(self, following: Layer) -> bool:
+        activation = following.elementwise_activation
+        return activation is not None and activation.name in BN_FUSED_ACTIVATIONS
+
+    def absorb(self, following: Layer | None) -> None:
+        if following is not None and not self.can_absorb(following):
+            raise TypeError(f"{self.name} cannot absorb {following.name}: batchnorm2d fuses only "
+                            f"{', '.join(BN_FUSED_ACTIVATIONS)}")
+        self._activation = None if following is None else following.elementwise_activation
+        self._cache = None
+
+    @property
+    def fused_activation(self) -> str | None:
+        """The name of the activation this layer applies after normalizing ("relu"...), or None."""
+        return None if self._activation is None else self._activation.name
 
     def _gamma_beta(self):
         if self.affine:
@@ -62,27 +84,41 @@ class BatchNorm2D(Layer):
             self._cache = None
             if x.shape[0] == 0:
                 return self.empty_output(x)
-            return self.ops.batchnorm2d_inference(x, gamma, beta, self.running_mean, self.running_var, self.eps)
+            return self.ops.batchnorm2d_inference(x, gamma, beta, self.running_mean, self.running_var, self.eps,
+                                                  activation=self.fused_activation)
         if x.shape[0] * x.shape[2] * x.shape[3] < 2:
             raise ValueError(f"{self.name}: training needs more than 1 value per channel, got input shape {tuple(x.shape)}")
         # The op updates the running statistics in place (on the kernel backends inside the
         # launch that combines the batch statistics): no new arrays per step. With
         # sync_batchnorm (data-parallel ranks) the statistics are those of the global batch.
         ops = self.ops if self.stats_sync is None else self.stats_sync
+        activation = self._activation
+        # The synchronized statistics have no fused form: with them an absorbed activation
+        # runs through its own ops after the op's output, as the unfused layer would.
+        fused = None if activation is None or self.stats_sync is not None else activation.name
         y, mean, invstd, _ = ops.batchnorm2d_forward(
             x, gamma, beta, self.eps, running_mean=self.running_mean, running_var=self.running_var,
-            momentum=self.momentum,
+            momentum=self.momentum, activation=fused,
         )
-        self._cache = (x, mean, invstd)
+        act_cache = None
+        if activation is not None and fused is None:
+            z, y = y, getattr(self.ops, activation.ops[0])(y)
+            act_cache = z if activation.cached == "input" else y
+        # What this forward did is cached with the statistics, so its backward matches it.
+        self._cache = (x, mean, invstd, activation, fused, act_cache)
         return y
 
     def backward(self, dy, input_grad: bool = True):
         if self._cache is None:
             raise RuntimeError(f"{self.name}: backward needs a training-mode forward first")
-        x, mean, invstd = self._cache
-        gamma, _ = self._gamma_beta()
+        x, mean, invstd, activation, fused, act_cache = self._cache
+        gamma, beta = self._gamma_beta()
         ops = self.ops if self.stats_sync is None else self.stats_sync
-        dx, dgamma, dbeta = ops.batchnorm2d_backward(dy, x, gamma, mean, invstd)
+        if activation is not None and fused is None:
+            dy = getattr(self.ops, activation.ops[1])(dy, act_cache)
+        # With ``fused`` the op recomputes act's input from x, the statistics and beta.
+        dx, dgamma, dbeta = ops.batchnorm2d_backward(dy, x, gamma, mean, invstd, beta=beta if fused else None,
+                                                     activation=fused)
         if self.affine:
             self.grads["gamma"] = dgamma
             self.grads["beta"] = dbeta

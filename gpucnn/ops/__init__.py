@@ -68,7 +68,7 @@ Batch normalization (per channel over N, H, W), x: (N, C, H, W), gamma/beta: (C,
       running = (1 - momentum) * running + momentum * batch, unbiased batch variance.
   batchnorm2d_inference(x, gamma, beta, running_mean, running_var, eps, activation=None) -> y
   batchnorm2d_backward(dy, x, gamma, mean, invstd, beta=None, activation=None) -> (dx, dgamma, dbeta)
-  ``activation``: None or a name in np_norm.BN_FUSED_ACTIVATIONS ("relu", "gelu"), applied to
+  ``activation``: None or a name in ``BN_FUSED_ACTIVATIONS`` below ("relu", "gelu"), applied to
   the normalized output (y = act(xhat * gamma + beta)); backward then takes dy of act's output
   and needs ``beta`` to recompute act's input. On the kernel backends the statistics and
   dgamma/dbeta are deterministic two-stage reductions over many blocks per channel
@@ -105,6 +105,11 @@ ACTIVATIONS = (
     Activation("gelu", "input", "GELU"),
     Activation("silu", "input", "SiLU"),
 )
+
+# The activations batchnorm2d_* can apply inside their normalize kernel (and recompute in the
+# backward); the kernels' act codes are their index + 1, 0 meaning none (np_norm.bn_activation_code).
+# The model's fusion plan (gpucnn.fusion) folds a BatchNorm2D + one of these layers from here.
+BN_FUSED_ACTIVATIONS = ("relu", "gelu")
 
 CONV_OPS = (
     "conv2d_forward",

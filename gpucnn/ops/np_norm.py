@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpucnn.ops.np_activations import gelu_backward, gelu_forward, relu_forward
+from gpucnn.ops import BN_FUSED_ACTIVATIONS
+from gpucnn.ops.np_activations import gelu_backward, gelu_forward, relu_backward, relu_forward
 
 _AXES = (0, 2, 3)
-
-# Activations batchnorm2d_* can fuse; the kernels' act codes are their index + 1 (0: none).
-BN_FUSED_ACTIVATIONS = ("relu", "gelu")
 
 
 def bn_activation_code(op: str, activation) -> int:
@@ -39,8 +37,11 @@ def _activate(z, activation):
 
 
 def _activation_grad(dy, z, activation):
+    # The activation layers' own backward ops, so a fused BatchNorm2D + activation computes
+    # exactly (bit for bit) what the two layers compute apart. relu_backward(dy, y) masks
+    # with y > 0, and z > 0 exactly where relu(z) > 0, so z stands in for the output.
     if activation == "relu":
-        return np.where(z > 0, dy, dy.dtype.type(0))
+        return relu_backward(dy, z)
     if activation == "gelu":
         return gelu_backward(dy, z)
     return dy
@@ -85,9 +86,12 @@ def batchnorm2d_backward(dy, x, gamma, mean, invstd, beta=None, activation=None)
     if bn_activation_code("batchnorm2d_backward", activation) and beta is None:
         raise ValueError(f"batchnorm2d_backward: activation {activation!r} needs beta (to recompute its input)")
     m = x.size // x.shape[1]
-    xhat = (x - _per_channel(mean)) * _per_channel(invstd)
+    centered = x - _per_channel(mean)
+    xhat = centered * _per_channel(invstd)
     if activation is not None:
-        dy = _activation_grad(dy, xhat * _per_channel(gamma) + _per_channel(beta), activation)
+        # act's input recomputed in the forward's order of operations, bit for bit the z it saw
+        z = centered * _per_channel(invstd * gamma) + _per_channel(beta)
+        dy = _activation_grad(dy, z, activation)
     dbeta = dy.sum(axis=_AXES)
     dgamma = (dy * xhat).sum(axis=_AXES)
     dx = _per_channel(gamma * invstd / m) * (
