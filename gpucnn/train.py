@@ -14,7 +14,7 @@ from (seed, e) (``BatchLoader.set_epoch``); the dropout seed of step k of epoch 
 with exactly the parameters of an uninterrupted run.
 
 CUDA graphs (``training.cuda_graph``, gpucnn.cuda.graph): with ``auto``/``on`` and nothing
-blocking, each step runs as ``_CapturableStep``: the batch copied into static buffers, the
+blocking, each step runs as ``gpucnn.graph_step.CapturableStep``: the batch copied into static buffers, the
 lr and dropout seeds written to device memory, then one graph launch on the cuda backend
 (the same step eagerly on the emulated backend). The seeds and lrs are those of the eager
 path, so a run is the same run either way (up to the GEMM kernels, see KernelOps).
@@ -42,9 +42,9 @@ import numpy as np
 from gpucnn.build import Run
 from gpucnn.checkpoint import Progress, save_checkpoint
 from gpucnn.config import write_config
-from gpucnn.cuda.graph import StepGraph, step_blockers
-from gpucnn.cuda.step_scalars import StepScalars
+from gpucnn.cuda.graph import step_blockers
 from gpucnn.errors import ConfigError, TrainingError
+from gpucnn.graph_step import CapturableStep, persistent_signature
 from gpucnn.metrics import MetricsLog, RunningMetrics
 from gpucnn.optim import clip_grad_norm
 from gpucnn.plots import EpochCurves
@@ -71,67 +71,6 @@ def _single_process(run: Run):
 
     return DataParallel(single_world(), run.model, run.train_loader.backend, run.train_loader.num_samples,
                         run.train_loader.batch_size)
-
-
-def _address(array) -> int:
-    """The data address of a backend array (CuPy: device pointer, NumPy: host pointer)."""
-    data = array.data
-    return int(data.ptr) if hasattr(data, "ptr") else int(array.ctypes.data)
-
-
-class _CapturableStep:
-    """The training step at one batch size as a ``StepGraph``: it reads only fixed arrays.
-
-    ``x`` (B, C, H, W) float32 and ``y`` (B,) ints: static batch buffers; ``scalars``: the
-    device lrs and seeds (StepScalars); ``sums``: the RunningMetrics the step accumulates
-    into (shared by every batch size; each epoch's metrics adopt its arrays). ``signature``:
-    the trainable params and the addresses of every persistent array after the first step;
-    the Trainer builds a new step (and graph) when it changes (a freeze at an epoch
-    boundary, state loaded into new arrays).
-    """
-
-    def __init__(self, trainer: "Trainer", x, y, sums: RunningMetrics, setting: str) -> None:
-        self.trainer = trainer
-        xp = trainer.backend.xp
-        self.x = xp.empty(x.shape, dtype=x.dtype)
-        self.y = xp.empty(y.shape, dtype=y.dtype)
-        self.sums = sums
-        paths = [path for path, layer in trainer.model.named_layers() if layer.takes_step_seed]
-        self.scalars = StepScalars(trainer.backend, trainer.optimizer.lr_scales(), paths)
-        self.graph = StepGraph(self._body, trainer.backend, setting=setting)
-        self.signature = None
-
-    def _body(self) -> None:
-        """forward, loss, backward, optimizer step, metrics: what the graph captures."""
-        t = self.trainer
-        ops = t.backend.ops
-        was = ops.capturable
-        ops.capturable = True  # no cuBLAS: gpucnn's own GEMM kernels
-        t.optimizer.bind_device_lr(self.scalars.lr)
-        try:
-            t.model.set_step_seeds(self.scalars.seed)
-            logits = t.model.forward(self.x, training=True)
-            loss = t.loss_fn.forward(logits, self.y)
-            t.parallel.backward(t.loss_fn.backward())
-            t.optimizer.step()
-            self.sums.accumulate(loss, logits, self.y)
-        finally:
-            t.optimizer.bind_device_lr(None)
-            ops.capturable = was
-
-    def run(self, x, y, lr: float, seeds: dict) -> None:
-        """One step on batch (x, y) with base rate ``lr`` and ``seeds`` (layer path -> uint32)."""
-        def feed():
-            self.x[...] = x
-            self.y[...] = y
-            self.scalars.write(lr, seeds)
-
-        self.graph.step(feed)
-        if self.signature is None:  # the first step: the probe decided the mode
-            self.signature = self.trainer._persistent_signature()
-        if self.graph.mode == "eager" and self.graph.blockers and self.trainer.backend.on_device:
-            # said once: the probe found cuBLAS calls, or capturing failed (StepGraph fell back)
-            self.trainer._say_once(f"training.cuda_graph = auto: eager steps ({'; '.join(self.graph.blockers)})")
 
 
 @dataclass
@@ -229,8 +168,8 @@ class Trainer:
         if not self.parallel.is_writer:  # rank 0 alone prints and writes
             self.echo, self.progress_bar = (lambda line: None), False
         self._said: set[str] = set()
-        self.cuda_graph = self._cuda_graph_mode()  # None: eager steps; "auto"/"on": _CapturableStep
-        self._steps: dict[int, _CapturableStep] = {}  # by batch size
+        self.cuda_graph = self._cuda_graph_mode()  # None: eager steps; "auto"/"on": CapturableStep
+        self._steps: dict[int, CapturableStep] = {}  # by batch size
         self._sums: RunningMetrics | None = None  # what the capturable steps accumulate into
         self._adopted: RunningMetrics | None = None
 
@@ -409,27 +348,18 @@ class Trainer:
             self._said.add(line)
             self.echo(line)
 
-    def _persistent_signature(self) -> tuple:
-        """Trainable param keys and the addresses of the arrays a captured step keeps using:
-        params, optimizer buffers, layer state (BatchNorm running statistics)."""
-        model, optimizer = self.model, self.optimizer
-        trainable = tuple(f"{path}.{name}" for path, layer, name in model.parameters() if layer.is_trainable(name))
-        arrays = [layer.params[name] for _, layer, name in model.parameters()]
-        arrays += [a for store in optimizer.buffers.values() for _, a in sorted(store.items())]
-        arrays += [a for _, layer in model.named_layers() for _, a in sorted(layer.state().items())]
-        return trainable, tuple(_address(a) for a in arrays)
-
-    def _capturable_step(self, x, y) -> _CapturableStep:
+    def _capturable_step(self, x, y) -> CapturableStep:
         """The step for this batch size, rebuilt when the trainable set or a persistent array changed."""
         batch = int(y.shape[0])
         built = self._steps.get(batch)
-        if built is not None and built.signature != self._persistent_signature():
+        if built is not None and built.signature != persistent_signature(self.model, self.optimizer):
             self._steps.clear()  # every size's graph captured the old arrays
             built = None
         if built is None:
             if self._sums is None:
                 self._sums = RunningMetrics(self.backend)
-            built = self._steps[batch] = _CapturableStep(self, x, y, self._sums, self.cuda_graph)
+            built = self._steps[batch] = CapturableStep(self.model, self.loss_fn, self.optimizer, self.backend, x, y,
+                                                        self._sums, self.cuda_graph, backward=self.parallel.backward)
         return built
 
     def _train_step(self, epoch: int, step: int, x, y, lr: float, running: RunningMetrics) -> None:
@@ -460,6 +390,8 @@ class Trainer:
                 running.adopt(self._sums)
                 self._adopted = running
             captured.run(x, y, lr, {path: seed_of(path) for path in captured.scalars.seed_paths})
+            if captured.eager_reason:  # the probe found cuBLAS calls, or capturing failed
+                self._say_once(f"training.cuda_graph = auto: eager steps ({captured.eager_reason})")
             running.count(int(y.shape[0]))
 
         self._guard_oom(work if self.cuda_graph is None else graph_work, self.batch_size, "--batch-size ")

@@ -527,3 +527,23 @@ def test_bench_train_times_the_optimizer_train_builds(numpy_backend):
         assert group["lr"] == pytest.approx(base * scale) and group["weight_decay"] == wd
     bn_bias_lrs = [g["lr"] for g, (layer, name) in zip(groups, trainable) if type(layer).__name__ == "BatchNorm2D"]
     assert bn_bias_lrs and bn_bias_lrs == pytest.approx([64 * base] * len(bn_bias_lrs))  # 64x on BN biases
+
+
+def test_bench_train_graph_step_is_the_trainers_capturable_step(emulated_backend):
+    """The bench's CUDA-graph record times gpucnn.graph_step.CapturableStep (what training.cuda_graph
+    trains with); on the emulated backend it runs eagerly and trains, and no record is made
+    (graphs are a GPU's; timing the emulator's eager copy would mean nothing)."""
+    from gpucnn.bench.train_bench import TrainSettings, _graph_step, _ours_step, _time_graph_step, model_config
+
+    config, source = model_config("lenet5")
+    _, run = _ours_step(emulated_backend, config, 4, 0)
+    before = {key: np.array(value) for key, value in run.model.state_dict().items()}
+    step, captured = _graph_step(emulated_backend, run, 4, 0)
+    step()
+    step()
+    assert captured.graph.mode == "eager" and captured.graph.blockers == []  # nothing would block capture
+    assert float(captured.sums.sums()[0]) > 0  # two batches' losses accumulated in place
+    moved = [key for key, value in run.model.state_dict().items() if not np.array_equal(value, before[key])]
+    assert moved
+    settings = TrainSettings(models=["lenet5"], batches=[4])
+    assert _time_graph_step(emulated_backend, run, "lenet5", source, 4, 0, settings, print) is None

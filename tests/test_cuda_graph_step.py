@@ -17,7 +17,8 @@ from gpucnn.cuda import graph
 from gpucnn.cuda.step_scalars import StepScalars
 from gpucnn.data.dataset import Dataset
 from gpucnn.errors import ConfigError
-from gpucnn.train import Trainer, _address
+from gpucnn.graph_step import _address
+from gpucnn.train import Trainer
 
 BACKENDS = ["numpy", "emulated", pytest.param("cuda", marks=pytest.mark.gpu)]
 

@@ -14,7 +14,10 @@ Beside the times, each record has its ``math_mode`` (ours: the backend's precisi
 ``PeerMode.math_mode``), ``peak_bytes`` over one step (CuPy's pool on ours, PyTorch's
 ``max_memory_allocated`` on a peer; None on the CPU) and, for ours on the kernel backends,
 ``counts``: kernel launches, cuBLAS-bound and other xp calls and host syncs of one step
-(``gpucnn.bench.counters``).
+(``gpucnn.bench.counters``). On the cuda backend a second record of ours times the step as a
+CUDA graph (``gpucnn.graph_step``, what ``training.cuda_graph`` trains with), with its
+``graph`` mode and replay count; the peers' ``ratio`` is against the faster of our two
+(named in ``ratio_of``).
 """
 
 from __future__ import annotations
@@ -164,6 +167,27 @@ def _ours_step(backend, config: dict, batch: int, seed: int):
     return step, run
 
 
+def _graph_step(backend, run, batch: int, seed: int):
+    """(step function, CapturableStep): the step as ``training.cuda_graph`` runs it
+    (gpucnn.graph_step: static buffers, device lr and seeds, own GEMMs, one graph launch per
+    step on the cuda backend), on the same synthetic batches as ``_ours_step``."""
+    from gpucnn.graph_step import CapturableStep
+    from gpucnn.metrics import RunningMetrics
+
+    xs, ys = _synthetic(batch, DATA_POOL, seed)
+    data = [(backend.asarray(x), backend.asarray(y)) for x, y in zip(xs, ys)]
+    captured = CapturableStep(run.model, run.loss_fn, run.optimizer, backend, *data[0], RunningMetrics(backend))
+    counter = [0]
+
+    def step():
+        x, y = data[counter[0] % len(data)]
+        counter[0] += 1
+        seeds = {path: (seed + counter[0] * 7919 + k) % 2**32 for k, path in enumerate(captured.scalars.seed_paths)}
+        captured.run(x, y, run.optimizer.lr, seeds)
+
+    return step, captured
+
+
 def _torch_step(torch, device: str, config: dict, batch: int, seed: int, run, mode=None) -> Callable[[], None]:
     """The twin's step on ``device``; ``mode`` (a PeerMode) may ask for channels-last bf16
     (autocast itself is ``mode.active``'s) and ``torch.compile`` of the network."""
@@ -212,6 +236,28 @@ def _time_training(step: Callable[[], None], clock: Clock, batch: int, settings:
     }
 
 
+def _time_graph_step(backend, run, name, source, batch, n_params, settings, log) -> dict | None:
+    """The record of our step as a CUDA graph, on the cuda backend when the run's step can be
+    one (an SGD optimizer); None elsewhere. ``graph.mode`` says whether it really replayed."""
+    if not backend.on_device or not run.optimizer.device_lr:
+        return None
+    try:
+        step, captured = _graph_step(backend, run, batch, settings.seed)
+        step()  # the eager first step (the probe); the next one captures
+        step()
+        figures = _time_training(step, clock_for_backend(backend), batch, settings)
+    except Exception as exc:  # reported, never fatal: the eager record stands
+        log(f"  {name} batch {batch} ours (cuda graph): failed ({type(exc).__name__}: {exc})"[:300])
+        return None
+    record = {"model": name, "source": source, "batch": batch, "impl": f"ours ({backend.name}, cuda graph)",
+              "params": n_params, "math_mode": getattr(backend, "precision", "fp32"), "counts": None,
+              "peak_bytes": None, **figures, "ratio": None,
+              "graph": {"mode": captured.graph.mode, "replays": captured.graph.replays,
+                        "blockers": captured.graph.blockers}}
+    log(f"  {name} batch {batch} ours (cuda graph, {captured.graph.mode}): {figures['step']['ms']:.2f} ms/step")
+    return record
+
+
 def run_train_bench(backend, settings: TrainSettings, torch=None, modes=(),
                     log: Callable[[str], None] = lambda s: None) -> list[dict]:
     """One record per (model, batch, implementation); peers carry ratio = our epoch time / theirs.
@@ -236,6 +282,11 @@ def run_train_bench(backend, settings: TrainSettings, torch=None, modes=(),
             records.append(ours)
             log(f"  {name} batch {batch} ours: {ours['step']['ms']:.2f} ms/step, {ours['images_per_s']:.0f} images/s"
                 + (f", {ours['counts']['kernel_launches']} launches/step" if ours["counts"] else ""))
+            graphed = _time_graph_step(backend, run, name, source, batch, n_params, settings, log)
+            if graphed is not None:
+                records.append(graphed)
+                if graphed["epoch"]["seconds"] < ours["epoch"]["seconds"]:
+                    ours = graphed  # the peers' ratios are against our faster step
             for mode in (modes if settings.peers else ()):
                 try:
                     with mode.active(torch):
@@ -249,6 +300,6 @@ def run_train_bench(backend, settings: TrainSettings, torch=None, modes=(),
                 ratio = ours["epoch"]["seconds"] / figures["epoch"]["seconds"] if figures["epoch"]["seconds"] else None
                 records.append({"model": name, "source": source, "batch": batch, "impl": mode.name,
                                 "params": n_params, "math_mode": mode.math_mode, "counts": None,
-                                "peak_bytes": peak, **figures, "ratio": ratio})
+                                "peak_bytes": peak, **figures, "ratio": ratio, "ratio_of": ours["impl"]})
                 log(f"  {name} batch {batch} {mode.name}: {figures['step']['ms']:.2f} ms/step")
     return records
