@@ -70,6 +70,8 @@ class Layer:
         self.grads: dict[str, Any] = {}
         self.frozen = False
         self.frozen_params: set[str] = set()
+        # param name -> epochs it is trained for (then frozen), applied by set_epoch; e.g. {"b": 3}
+        self.train_epochs: dict[str, int] = {}
 
     @property
     def name(self) -> str:
@@ -98,6 +100,15 @@ class Layer:
 
     def set_step_seed(self, seed: int) -> None:
         """The uint32 seed of the next training forward (only called when ``takes_step_seed``)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every training epoch (0-based): a param of ``train_epochs`` is
+        in ``frozen_params`` from epoch ``train_epochs[name]`` on (no update, no weight decay)."""
+        for name, epochs in self.train_epochs.items():
+            if epoch < epochs:
+                self.frozen_params.discard(name)
+            else:
+                self.frozen_params.add(name)
 
     def __call__(self, x, training: bool = True):
         return self.forward(x, training=training)
