@@ -79,3 +79,37 @@ def test_bad_bias_epochs_names_the_key():
     config["model"]["layers"][0]["bias_epochs"] = -1
     with pytest.raises(ConfigError, match=r"model.layers\[0\].bias_epochs"):
         validate_config(config)
+
+
+def test_lookahead_and_alternate_flips_resume_exactly(tmp_path, numpy_backend):
+    from gpucnn.build import build_run
+    from gpucnn.checkpoint import load_checkpoint
+    from gpucnn.config import apply_overrides
+    from gpucnn.data import load_dataset
+    from gpucnn.train import Trainer
+
+    overrides = ["training.epochs=2", "data.augment.flip=true", "data.augment.crop_padding=2",
+                 "data.augment.alternate_flip=true", "training.lookahead.every=4", "training.tta=\"mirror_translate\""]
+    config = validate_config(apply_overrides(load_config("digits"), overrides))
+    digits = load_dataset("digits")
+
+    def fit(out, checkpoint=None, stop_at=None):
+        def on_step(t):
+            if stop_at is not None and t.progress.global_step == stop_at:
+                t.request_stop()
+        trainer = Trainer(build_run(config if checkpoint is None else checkpoint.config, digits, checkpoint), out,
+                          echo=lambda s: None, progress_bar=False, on_step=on_step)
+        return trainer, trainer.fit()
+
+    full, _ = fit(tmp_path / "full")
+    part, result = fit(tmp_path / "part", stop_at=30)
+    assert result.status == "interrupted"
+    ckpt = load_checkpoint(tmp_path / "part" / "last.npz")
+    assert ckpt.lookahead_state
+    resumed, result = fit(tmp_path / "part", checkpoint=ckpt)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    # the run ends on the slow weights
+    for key, slow in full.run.lookahead.state().items():
+        assert np.array_equal(slow, a[key]), key
+    assert full.metrics_log.records[-1]["test_acc_tta"] is not None
