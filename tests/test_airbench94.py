@@ -113,3 +113,29 @@ def test_lookahead_and_alternate_flips_resume_exactly(tmp_path, numpy_backend):
     for key, slow in full.run.lookahead.state().items():
         assert np.array_equal(slow, a[key]), key
     assert full.metrics_log.records[-1]["test_acc_tta"] is not None
+
+
+def test_frozen_whitening_bias_is_bit_identical_from_epoch_n(tmp_path, numpy_backend):
+    from gpucnn.build import build_run
+    from gpucnn.config import apply_overrides
+    from gpucnn.data import load_dataset
+    from gpucnn.train import Trainer
+
+    config = validate_config(apply_overrides(load_config("digits"), ["training.epochs=3"]))
+    config["model"]["layers"].insert(0, {"type": "whitening_conv2d", "kernel_size": 2, "bias_epochs": 1})
+    config = validate_config(config)
+    seen = {}
+
+    def on_step(t):
+        layer = t.model.layers[0]
+        seen[(t.progress.epoch, t.progress.step_in_epoch)] = (layer.params["b"].copy(), t.model.layers[-1].params["W"].copy())
+
+    trainer = Trainer(build_run(config, load_dataset("digits")), tmp_path, echo=lambda s: None,
+                      progress_bar=False, on_step=on_step)
+    trainer.fit()
+    keys = sorted(seen)
+    epoch0 = [seen[k][0] for k in keys if k[0] == 0]
+    later = [seen[k] for k in keys if k[0] >= 1]
+    assert not np.array_equal(epoch0[0], epoch0[-1])  # trained in epoch 0
+    assert all(np.array_equal(b, epoch0[-1]) for b, _ in later)  # untouched afterwards
+    assert not np.array_equal(later[0][1], later[-1][1])  # while the rest moves
