@@ -139,3 +139,25 @@ def test_frozen_whitening_bias_is_bit_identical_from_epoch_n(tmp_path, numpy_bac
     assert not np.array_equal(epoch0[0], epoch0[-1])  # trained in epoch 0
     assert all(np.array_equal(b, epoch0[-1]) for b, _ in later)  # untouched afterwards
     assert not np.array_equal(later[0][1], later[-1][1])  # while the rest moves
+
+
+def test_cifar10_fast_one_epoch_reports_translate_tta(tmp_path, numpy_backend):
+    """The shipped config end to end on 64 random 32x32 images: one epoch, test_acc_tta in metrics and summary."""
+    from gpucnn.build import build_run
+    from gpucnn.config import apply_overrides
+    from gpucnn.data import Dataset
+    from gpucnn.train import Trainer
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8)
+    y = rng.integers(0, 10, 64)
+    small = Dataset("tiny", x, y, x[:20], y[:20], [str(i) for i in range(10)])
+    config = validate_config(apply_overrides(load_config("cifar10-fast"),
+                                             ["training.epochs=1", "data.batch_size=32", "data.val_fraction=0",
+                                              "model.layers[0].images=64", "training.curves=false"]))
+    lines = []
+    trainer = Trainer(build_run(config, small), tmp_path, echo=lines.append, progress_bar=False)
+    trainer.fit()
+    record = trainer.metrics_log.records[-1]
+    assert 0.0 <= record["test_acc_tta"] <= 1.0 and record["test_loss_tta"] > 0
+    assert "test acc tta (mirror_translate)" in lines[-1]
