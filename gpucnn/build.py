@@ -69,6 +69,8 @@ def build_layer(spec: dict, shape: tuple[int, ...], key: str, rng: np.random.Gen
         if whitening_images is not None:
             conv.set_param("W", whitening_filters(whitening_images[: spec["images"]], (kh, kw), spec["eps"]))
         conv.frozen_params = {"W"}
+        if spec.get("bias_epochs", 0) and spec["bias"]:
+            conv.train_epochs = {"b": spec["bias_epochs"]}
         return conv
     if kind == "conv2d":
         _spatial_check(key, spec, shape, "conv2d")
@@ -202,6 +204,7 @@ class Run:
     checkpoint: object | None = None
     val_loader: object | None = None  # None when the dataset has no validation set
     ema: object | None = None  # gpucnn.ema.EMA when training.ema.decay > 0
+    lookahead: object | None = None  # gpucnn.lookahead.Lookahead when training.lookahead.every > 0
     parallel: object | None = None  # gpucnn.distributed.DataParallel when built for a world
 
 
@@ -270,7 +273,8 @@ def build_augment(config: dict, image_shape=None):
     aug = config["data"]["augment"]
     if not (aug["flip"] or aug["crop_padding"]):
         return None
-    augment = Augment(flip=aug["flip"], crop_padding=aug["crop_padding"], padding_mode=aug.get("padding_mode", "zeros"))
+    augment = Augment(flip=aug["flip"], crop_padding=aug["crop_padding"], padding_mode=aug.get("padding_mode", "zeros"),
+                      alternate_flip=aug.get("alternate_flip", False))
     if image_shape is not None:
         try:
             augment.check_image_size(int(image_shape[-2]), int(image_shape[-1]))
@@ -282,6 +286,16 @@ def build_augment(config: dict, image_shape=None):
 def _ema(config: dict, model: Sequential) -> EMA | None:
     settings = config["training"]["ema"]
     return EMA(model, settings["decay"], settings["warmup"]) if settings["decay"] > 0 else None
+
+
+def _lookahead(config: dict, model: Sequential, steps_per_epoch: int):
+    from gpucnn.lookahead import Lookahead
+
+    settings = config["training"]["lookahead"]
+    if not settings["every"]:
+        return None
+    return Lookahead(model, settings["every"], settings["decay"], settings["power"],
+                     total_steps=config["training"]["epochs"] * steps_per_epoch)
 
 
 def restored_model(checkpoint, input_shape, num_classes: int, path=None) -> Sequential:
@@ -309,7 +323,7 @@ def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backen
     ``world`` (gpucnn.distributed.World): the run is one rank of a data-parallel job; its
     device is bound first and ``Run.parallel`` holds its ``DataParallel``.
     """
-    from gpucnn.checkpoint import restore
+    from gpucnn.checkpoint import restore, restore_lookahead
     from gpucnn.data import BatchLoader
 
     backend = backend or get_backend()
@@ -335,18 +349,21 @@ def build_run(config: dict, dataset, checkpoint=None, train: bool = True, backen
     optimizer = build_optimizer(config, model)
     if checkpoint is not None and train:
         restore(checkpoint, model, optimizer, checkpoint_path, ema=ema)
-    train_loader = schedule = None
+    train_loader = schedule = lookahead = None
     if train:
         train_loader = BatchLoader(dataset.x_train, dataset.y_train, data["batch_size"], backend, mean, std,
                                    shuffle=True, seed=seed, augment=build_augment(config, dataset.x_train.shape[1:]))
         schedule = schedule_from_config(config, len(train_loader))
+        lookahead = _lookahead(config, model, len(train_loader))
+        if lookahead is not None and checkpoint is not None:
+            restore_lookahead(checkpoint, lookahead, checkpoint_path)
     eval_batch = eval_batch_size or data["eval_batch_size"]
     test_loader = BatchLoader(dataset.x_test, dataset.y_test, eval_batch, backend, mean, std, shuffle=False)
     val_loader = None
     if getattr(dataset, "x_val", None) is not None and len(dataset.y_val):
         val_loader = BatchLoader(dataset.x_val, dataset.y_val, eval_batch, backend, mean, std, shuffle=False)
     run = Run(config, dataset, model, optimizer, build_loss(config), mean, std, train_loader, test_loader,
-              schedule, checkpoint, val_loader, ema)
+              schedule, checkpoint, val_loader, ema, lookahead)
     if world is not None:
         from gpucnn.distributed import distribute_run
 

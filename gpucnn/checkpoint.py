@@ -20,6 +20,7 @@ Keys:
   ``config/toml``                    the resolved config as TOML text
   ``metrics/jsonl``                  the metrics.jsonl rows of the completed epochs (optional)
   ``ema/layers.{i}.{name}``, ``ema/num_updates``   averaged weights when training.ema is on (optional)
+  ``lookahead/layers.{i}.{name}``    Lookahead's slow weights when training.lookahead is on (optional)
   ``format/version``                 CHECKPOINT_VERSION
 Files are written to a temp file in the same directory and renamed into place.
 """
@@ -68,11 +69,12 @@ class Checkpoint:
     input_shape: tuple[int, int, int] | None = None
     history: list[dict] = field(default_factory=list)  # the metrics.jsonl records of the epochs done
     ema_state: dict[str, np.ndarray] = field(default_factory=dict)  # averaged weights (training.ema)
+    lookahead_state: dict[str, np.ndarray] = field(default_factory=dict)  # slow weights (training.lookahead)
     path: Path | None = None  # the file it was read from (load_checkpoint), for messages
 
 
 def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, mean, std,
-                    classes=None, input_shape=None, history=None, ema=None) -> None:
+                    classes=None, input_shape=None, history=None, ema=None, lookahead=None) -> None:
     """Write a checkpoint atomically (temp file + ``os.replace``).
 
     ``classes`` (K names by label) and ``input_shape`` (C, H, W) are what prediction needs
@@ -99,6 +101,8 @@ def save_checkpoint(path, model, optimizer, config: dict, progress: Progress, me
         arrays["metrics/jsonl"] = np.array(jsonl_text(history))
     if ema is not None:
         arrays.update({f"ema/{k}": v for k, v in ema.state().items()})
+    if lookahead is not None:
+        arrays.update({f"lookahead/{k}": v for k, v in lookahead.state().items()})
     if classes is not None:
         names = [str(c) for c in classes]
         if not names:
@@ -196,7 +200,7 @@ def load_checkpoint(path) -> Checkpoint:
                 raise CheckpointError(f"checkpoint {path}: {key} must be a non-negative integer count, "
                                       f"got {value.dtype.name} {value.shape}")
             continue
-        if key.startswith(("model/", "optim/", "ema/layers.")):
+        if key.startswith(("model/", "optim/", "ema/layers.", "lookahead/")):
             if value.dtype.kind != "f":
                 raise CheckpointError(f"checkpoint {path}: {key} must be a float array, got {value.dtype.name}")
             # A diverged run never saves (Trainer._check_finite), so non-finite weights mean a damaged file.
@@ -224,6 +228,7 @@ def load_checkpoint(path) -> Checkpoint:
         input_shape=input_shape,
         history=history,
         ema_state={k[len("ema/"):]: v for k, v in arrays.items() if k.startswith("ema/")},
+        lookahead_state={k[len("lookahead/"):]: v for k, v in arrays.items() if k.startswith("lookahead/")},
         path=path,
     )
 
@@ -285,4 +290,17 @@ def restore(checkpoint: Checkpoint, model, optimizer=None, path=None, ema=None) 
     except (ValueError, KeyError) as exc:
         path = path if path is not None else checkpoint.path
         where = f"checkpoint {path}" if path is not None else "the checkpoint"
+        raise CheckpointError(f"{where} does not fit the model of its own config: {exc}") from None
+
+
+def restore_lookahead(checkpoint: Checkpoint, lookahead, path=None) -> None:
+    """Load a checkpoint's Lookahead slow weights; a checkpoint of a run without them (written before
+    training.lookahead was turned on) cannot be resumed exactly, so it is a CheckpointError."""
+    where = f"checkpoint {path if path is not None else checkpoint.path}"
+    if not checkpoint.lookahead_state:
+        raise CheckpointError(f"{where} has no lookahead/ arrays, but training.lookahead.every is "
+                              f"{lookahead.every}; resume it with the config it was saved with")
+    try:
+        lookahead.load_state(checkpoint.lookahead_state)
+    except ValueError as exc:
         raise CheckpointError(f"{where} does not fit the model of its own config: {exc}") from None

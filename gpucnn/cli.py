@@ -235,10 +235,13 @@ def _load_dataset(config: dict):
 @_precision_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Evaluation batch size.")
 @click.option("--tta", is_flag=True, help="Test-time augmentation: average the prediction with the mirrored image.")
+@click.option("--tta-level", type=click.IntRange(0, 2), default=None,
+              help="TTA level: 0 none, 1 mirror (= --tta), 2 mirror + 1-pixel translations (airbench94).")
 @click.option("--confusion", "confusion_path", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
               help="Also draw the confusion matrix with class names (needs matplotlib: gpucnn[plot]).")
-def evaluate(checkpoint, data_dir, device, precision, batch_size, tta, confusion_path) -> None:
+def evaluate(checkpoint, data_dir, device, precision, batch_size, tta, tta_level, confusion_path) -> None:
     """Test loss, accuracy and per-class accuracy of a checkpoint (its config says model and data)."""
+    tta = int(tta) if tta_level is None else tta_level
     with user_errors():
         _evaluate(checkpoint, data_dir, device, batch_size, tta, confusion_path, precision)
 
@@ -265,7 +268,7 @@ def _evaluate(path, data_dir, device, batch_size, tta, confusion_path=None, prec
     seconds = time.perf_counter() - start
     click.echo(f"checkpoint: {path} (epoch {ckpt.progress.epoch}), {_device_line(backend)}")
     click.echo(f"test loss {result.loss:.4f}  accuracy {100 * result.accuracy:.2f}%  "
-               f"({len(dataset.y_test)} images{', mirrored TTA' if tta else ''}, {seconds:.1f}s)")
+               f"({len(dataset.y_test)} images{['', ', mirrored TTA', ', mirror+translate TTA'][int(tta)]}, {seconds:.1f}s)")
     click.echo(per_class_table(result.confusion, dataset.classes))
     if confusion_path:
         from gpucnn.plots import confusion_figure

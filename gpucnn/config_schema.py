@@ -201,6 +201,8 @@ LAYER_FIELDS: dict[str, dict[str, Field]] = {
         "eps": Field(number(0.0, above=True), 5e-4),
         "bias": _BIAS,
         "images": Field(integer(1), 5000),
+        # > 0: the bias is trained during the first bias_epochs epochs only, then frozen (airbench: 3)
+        "bias_epochs": Field(integer(0), 0),
     },
     "dropout": {"p": Field(number(0.0, 1.0, below=True), 0.5)},
     "scale": {"factor": Field(number(), required=True)},
@@ -279,8 +281,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "normalize": Field(boolean, True),
         "augment": Field(
             table({"flip": Field(boolean, False), "crop_padding": Field(integer(0), 0),
-                   "padding_mode": Field(choice("zeros", "reflect"), "zeros")}),
-            {"flip": False, "crop_padding": 0, "padding_mode": "zeros"},
+                   "padding_mode": Field(choice("zeros", "reflect"), "zeros"),
+                   # one flip per image drawn once per run, inverted on odd epochs (airbench's altflip)
+                   "alternate_flip": Field(boolean, False)}),
+            {"flip": False, "crop_padding": 0, "padding_mode": "zeros", "alternate_flip": False},
         ),
     },
     "optimizer": {
@@ -325,6 +329,14 @@ SCHEMA: dict[str, dict[str, Field]] = {
         # exponential moving average of the weights, evaluated and saved beside them; decay 0 = off
         "ema": Field(table({"decay": Field(number(0.0, 1.0, below=True), 0.0),
                             "warmup": Field(number(0.0), 0.0)}), {"decay": 0.0, "warmup": 0.0}),
+        # airbench's Lookahead: every `every` steps (0 = off) lerp a slow copy towards the weights by
+        # 1 - decay * (t/T)**power and load it back; the run ends on the slow copy (gpucnn.lookahead)
+        "lookahead": Field(table({"every": Field(integer(0, 10**6), 0),
+                                  "decay": Field(number(0.0, 1.0), 0.7737809375),
+                                  "power": Field(number(0.0, 100.0), 3.0)}),
+                           {"every": 0, "decay": 0.7737809375, "power": 3.0}),
+        # test-time augmentation of the last epoch's test evaluation, reported as test_acc_tta
+        "tta": Field(choice("none", "mirror", "mirror_translate"), "none"),
         # the step as one CUDA graph: auto = where capturable (cuda, raw kernels only), on, off
         # the training step as a replayed CUDA graph: auto = where nothing blocks it (cuda), on = or
         # an error naming the blocker, off = eager; emulated runs the capturable step eagerly

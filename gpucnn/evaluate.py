@@ -17,10 +17,10 @@ class EvalResult:
     confusion: np.ndarray  # (K, K) int64, rows = true class
 
 
-def evaluate_model(model, loss_fn, loader, num_classes: int, tta: bool = False) -> EvalResult:
+def evaluate_model(model, loss_fn, loader, num_classes: int, tta: bool | int = False) -> EvalResult:
     """Mean loss, accuracy and confusion matrix over every batch of ``loader`` (evaluation mode).
 
-    ``tta``: average the logits of each image and its horizontal mirror (``gpucnn.tta``).
+    ``tta``: False/0 none, True/1 mirror, 2 mirror + translate (``gpucnn.tta.predict_tta`` levels).
     Sums stay on the device until the end: one host read per evaluation.
     """
     backend = loader.backend
@@ -29,7 +29,7 @@ def evaluate_model(model, loss_fn, loader, num_classes: int, tta: bool = False) 
     confusion = xp.zeros((num_classes, num_classes), dtype=xp.int64)
     samples = 0
     for x, y in loader:
-        logits = predict_tta(model, x, batch_size=x.shape[0]) if tta else model.forward(x, training=False)
+        logits = predict_tta(model, x, batch_size=x.shape[0], level=int(tta)) if tta else model.forward(x, training=False)
         batch_loss = loss_fn.forward(logits, y)
         pred = xp.argmax(logits, axis=1)
         loss_sum = loss_sum + batch_loss.astype(xp.float64) * y.shape[0]

@@ -77,6 +77,11 @@ class Sequential:
             if layer.takes_step_seed:
                 layer.set_step_seed(seed_of(path))
 
+    def set_epoch(self, epoch: int) -> None:
+        """Tell every layer of the tree that training epoch ``epoch`` (0-based) starts (``Layer.set_epoch``)."""
+        for _, layer in self.named_layers():
+            layer.set_epoch(epoch)
+
     def predict(self, x, batch_size: int = 256):
         """Logits in evaluation mode, computed batch by batch (a backend array)."""
         if batch_size < 1:

@@ -44,11 +44,13 @@ from gpucnn.checkpoint import Progress, save_checkpoint
 from gpucnn.config import write_config
 from gpucnn.cuda.graph import step_blockers
 from gpucnn.errors import ConfigError, TrainingError
+from gpucnn.evaluate import evaluate_model
 from gpucnn.graph_step import CapturableStep, persistent_signature
 from gpucnn.metrics import MetricsLog, RunningMetrics
 from gpucnn.optim import clip_grad_norm
 from gpucnn.plots import EpochCurves
 from gpucnn.rundir import checkpoint_epoch, prepare_out_dir
+from gpucnn.tta import TTA_LEVELS
 
 
 def dropout_seed(seed: int, epoch: int, step: int, layer_path: int | str) -> int:
@@ -236,6 +238,7 @@ class Trainer:
         skip = progress.step_in_epoch
         running = self.parallel.running_metrics(self.backend, progress.partial_sums if skip else None)
         self.train_loader.set_epoch(epoch)
+        self.model.set_epoch(epoch)  # e.g. whitening_conv2d.bias_epochs freezes its bias from then on
         bar = self._open_bar(epoch, steps, skip)
         lr = self.schedule(max(progress.global_step - 1, 0))  # the lr of the last step taken
         start = time.perf_counter()
@@ -249,6 +252,8 @@ class Trainer:
                 timed_images += self.parallel.global_batch(int(y.shape[0]))
                 progress.global_step += 1
                 progress.step_in_epoch = step + 1
+                if self.run.lookahead is not None:  # outside the step (its CUDA graph): every k-th step
+                    self.run.lookahead.after_step(progress.global_step)
                 if bar is not None:
                     bar.update(1)
                 if (step + 1) % log_every == 0 and step + 1 < steps:
@@ -321,6 +326,12 @@ class Trainer:
                                                                         self.dataset.num_classes),
                                          self.config["data"]["eval_batch_size"], "--set data.eval_batch_size=")
                 record[f"{split}_loss"], record[f"{split}_acc"] = result.loss, result.accuracy
+        level = TTA_LEVELS[self.config["training"]["tta"]]
+        if level and record["epoch"] == self.epochs and not self.parallel.active:
+            result = self._guard_oom(lambda: evaluate_model(self.model, self.loss_fn, self.test_loader,
+                                                            self.dataset.num_classes, tta=level),
+                                     self.config["data"]["eval_batch_size"], "--set data.eval_batch_size=")
+            record["test_loss_tta"], record["test_acc_tta"] = result.loss, result.accuracy
 
     def _cuda_graph_mode(self) -> str | None:
         """training.cuda_graph resolved for this run: the StepGraph setting ("auto"/"on"), or
@@ -428,7 +439,7 @@ class Trainer:
         try:
             save_checkpoint(path, self.model, self.optimizer, self.config, self.progress, self.mean, self.std,
                             classes=self.dataset.classes, input_shape=self.dataset.image_shape,
-                            history=self.metrics_log.records, ema=self.run.ema)
+                            history=self.metrics_log.records, ema=self.run.ema, lookahead=self.run.lookahead)
         except OSError as exc:
             kept = "the previous checkpoint there is intact" if path.exists() else "no checkpoint was written"
             raise TrainingError(f"cannot write {path}: {exc.strerror or exc}; {kept}") from None
@@ -466,5 +477,7 @@ class Trainer:
             return f"{name} loss {r[f'{name}_loss']:.4f} acc {100 * r[f'{name}_acc']:.2f}%  "
 
         speed = f"{r['images_per_s']:,.0f} img/s" if r["images_per_s"] else "- img/s"
+        tta = (f"test acc tta ({self.config['training']['tta']}) {100 * r['test_acc_tta']:.2f}%  "
+               if r.get("test_acc_tta") is not None else "")
         return (f"epoch {r['epoch']}/{self.epochs}  train loss {r['train_loss']:.4f} acc {100 * r['train_acc']:.2f}%  "
-                f"{split('val')}{split('test')}{r['seconds']:.1f}s ({speed})  lr {r['lr']:.4g}")
+                f"{split('val')}{split('test')}{tta}{r['seconds']:.1f}s ({speed})  lr {r['lr']:.4g}")

@@ -180,7 +180,7 @@ def test_cifar10_fast_config_builds_the_recipe(numpy_backend):
         assert got.keys() == expected.keys()
         assert all(got[k] == pytest.approx(v) if isinstance(v, float) else got[k] == v for k, v in expected.items())
     assert config["loss"]["label_smoothing"] == 0.2
-    assert config["data"]["augment"] == {"flip": True, "crop_padding": 2, "padding_mode": "reflect"}
+    assert config["data"]["augment"] == {"flip": True, "crop_padding": 2, "padding_mode": "reflect", "alternate_flip": True}
 
 
 def test_cifar10_fast_schedule_is_airbench_triangle():

@@ -226,3 +226,73 @@ def test_recipe_matches_torch_on_cuda(cuda_backend):
     torch.backends.cuda.matmul.allow_tf32 = False
     assert_twins((64, 256, 256), batch=64, steps=5, rtol=1e-3, atol=1e-4, loss_rtol=1e-4, device="cuda")
     assert_twins((16, 32, 32), batch=32, steps=22, rtol=1e-3, atol=1e-4, loss_rtol=1e-4, device="cuda")
+
+
+def twin_lookahead_update(net_ema, net, decay):
+    """airbench's LookaheadState.update, also for float64 tensors (airbench lerps only half/float,
+    which are all it trains in; the float64 twin needs its double tensors covered)."""
+    for ema_param, net_param in zip(net_ema.values(), net.state_dict().values()):
+        if net_param.dtype in (torch.half, torch.float, torch.double):
+            ema_param.lerp_(net_param, 1 - decay)
+            net_param.copy_(ema_param)
+
+
+def test_airbench_extras_match_torch_over_several_epochs(numpy_backend):
+    """5 epochs of 2 steps (T = 10): alternating flips, the whitening bias frozen from epoch 2,
+    Lookahead every 3 steps plus the final pull (gpucnn.lookahead.Lookahead vs airbench's update), float64.
+    Both sides take the decay from Lookahead.decay_at (float64); airbench's alpha_schedule is a float32
+    tensor, a ~1e-8 relative difference the float64 tolerances would see."""
+    from gpucnn.lookahead import Lookahead
+
+    widths, batch, epochs, per_epoch, dtype = (8, 16, 16), 8, 5, 2, np.float64
+    total = epochs * per_epoch
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch * per_epoch, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, batch * per_epoch)
+    mean, std = images.mean(axis=(0, 2, 3)) / 255, images.std(axis=(0, 2, 3)) / 255
+    loader = BatchLoader(images, labels, batch, mean=mean, std=std, seed=1, drop_last=True,
+                         augment=Augment(flip=True, crop_padding=2, padding_mode="reflect", alternate_flip=True))
+    model = zoo.cifar10_fast(rng=0, whitening_images=normalized_images(images, mean, std, len(images)),
+                             widths=widths, dtype=dtype)
+    model.layers[0].train_epochs = {"b": 2}
+    net = copy_into_twin(model, twin_net(widths).to(torch.float64), "cpu")
+    settings = airbench_sgd_settings(batch_size=batch)
+    opt = optim.SGD(model, settings["lr"], momentum=MOMENTUM, nesterov=True,
+                    weight_decay=settings["weight_decay"], groups=settings["groups"])
+    schedule = LRSchedule("linear", settings["lr"], steps_per_epoch=total, epochs=1, warmup_epochs=0.23,
+                          warmup_start_factor=0.2, min_lr=0.07 * settings["lr"])
+    look = Lookahead(model, every=3, decay=0.95**5, power=3.0, total_steps=total)
+    loss_fn = losses.SoftmaxCrossEntropy(label_smoothing=LABEL_SMOOTHING)
+    twin_opt, twin_sched = twin_optimizer(net, batch, total)
+    twin_loss_fn = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING, reduction="none")
+    net_ema = {k: v.clone() for k, v in net.state_dict().items()}
+    net.train()
+    ours, theirs, t = [], [], 0
+    for epoch in range(epochs):
+        model.set_epoch(epoch)
+        net[0].bias.requires_grad = epoch < 2
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            opt.lr = schedule(t)
+            loss = loss_fn.forward(model.forward(x.astype(dtype), training=True), y)
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
+            ours.append(float(loss))
+            xt = torch.tensor(np.asarray(x, dtype=dtype))
+            yt = torch.tensor(np.asarray(y).astype(np.int64))
+            twin_loss = twin_loss_fn(net(xt), yt).sum()
+            twin_opt.zero_grad(set_to_none=True)
+            twin_loss.backward()
+            twin_opt.step()
+            twin_sched.step()
+            theirs.append(twin_loss.item() / batch)
+            t += 1
+            look.after_step(t)
+            if t % 3 == 0:
+                twin_lookahead_update(net_ema, net, look.decay_at(t))
+            if t >= total:
+                twin_lookahead_update(net_ema, net, 1.0)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    worst, where = compare_state(model, net, rtol=1e-9, atol=1e-11)
+    assert worst <= 1.0, f"{where} differs by {worst:.3g} x (atol + rtol*|torch|)"
+    assert not model.layers[0].is_trainable("b")

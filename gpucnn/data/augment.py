@@ -36,8 +36,12 @@ class Augment:
     flip: bool = True
     crop_padding: int = 4
     padding_mode: str = "zeros"
+    # airbench's altflip: image i is flipped at epoch e iff base_flip(seed)[i] XOR (e odd)
+    alternate_flip: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.alternate_flip, (bool, np.bool_)):
+            raise TypeError(f"Augment: alternate_flip must be True or False, got {self.alternate_flip!r}")
         if not isinstance(self.flip, (bool, np.bool_)):
             raise TypeError(f"Augment: flip must be True or False, got {self.flip!r}")
         if not isinstance(self.crop_padding, (int, np.integer)) or isinstance(self.crop_padding, bool) \
@@ -66,6 +70,15 @@ class Augment:
         span = 2 * self.crop_padding + 1
         offsets = rng.integers(0, span, size=(2, n)) if self.crop_padding else np.zeros((2, n), dtype=np.int64)
         return AugmentParams(flip=flip, dy=offsets[0], dx=offsets[1])
+
+
+def alternate_flips(seed: int, epoch: int, n: int) -> np.ndarray:
+    """(n,) bool by *sample index*: one coin per image drawn once from ``seed``, inverted on odd epochs.
+
+    The base draw uses its own stream (SeedSequence entropy [seed, 0, 1], never a (seed, epoch)
+    pair), so the flips of epoch e depend on (seed, e) only and a resumed run repeats them."""
+    base = np.random.default_rng([seed, 0, 1]).random(n) < 0.5
+    return base ^ bool(epoch % 2)
 
 
 def source_indices(xp, offsets, flip, size: int, padding: int, mode: str):

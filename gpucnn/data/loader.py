@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from gpucnn.backend import Backend, get_backend
-from gpucnn.data.augment import Augment, gather_augmented
+from gpucnn.data.augment import Augment, AugmentParams, alternate_flips, gather_augmented
 from gpucnn.distributed.slicing import shard_slice
 
 
@@ -107,6 +107,10 @@ class BatchLoader:
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(self.num_samples) if self.shuffle else np.arange(self.num_samples)
         params = self.augment.draw(rng, self.num_samples) if self.augment is not None else None
+        if params is not None and self.augment.flip and self.augment.alternate_flip:
+            # crops stay drawn per epoch; the flip of sample i is alternate_flips(...)[i], in batch order
+            flips = alternate_flips(self.seed, epoch, self.num_samples)[order]
+            params = AugmentParams(flip=flips, dy=params.dy, dx=params.dx)
         return order.astype(np.int64), params
 
     def normalize(self, batch_uint8):

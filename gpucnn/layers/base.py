@@ -70,6 +70,8 @@ class Layer:
         self.grads: dict[str, Any] = {}
         self.frozen = False
         self.frozen_params: set[str] = set()
+        # param name -> epochs it is trained for (then frozen), applied by set_epoch; e.g. {"b": 3}
+        self.train_epochs: dict[str, int] = {}
 
     @property
     def name(self) -> str:
@@ -98,6 +100,15 @@ class Layer:
 
     def set_step_seed(self, seed: int) -> None:
         """The uint32 seed of the next training forward (only called when ``takes_step_seed``)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every training epoch (0-based): a param of ``train_epochs`` is
+        in ``frozen_params`` from epoch ``train_epochs[name]`` on (no update, no weight decay)."""
+        for name, epochs in self.train_epochs.items():
+            if epoch < epochs:
+                self.frozen_params.discard(name)
+            else:
+                self.frozen_params.add(name)
 
     # Fusion (gpucnn.fusion plans it): a layer may do the work of the layer right after it in
     # a chain, in its own kernels, e.g. BatchNorm2D applies the ReLU/GELU that follows it. The
@@ -153,7 +164,8 @@ class Layer:
         return int(sum(int(np.prod(p.shape)) for n, p in self.params.items() if self.is_trainable(n)))
 
     def state(self) -> dict[str, Any]:
-        """Arrays besides params that a checkpoint must keep (running statistics...)."""
+        """Arrays besides params that a checkpoint must keep (running statistics...): the live
+        arrays, so that writing into them (Lookahead, EMA) updates the layer."""
         return {}
 
     def load_state(self, state: dict[str, Any]) -> None:

@@ -132,7 +132,8 @@ class BatchNorm2D(Layer):
             value = np.asarray(state[key])
             if value.shape != (self.num_features,):
                 raise ValueError(f"{self.name}.{key}: expected shape ({self.num_features},), got {value.shape}")
-            setattr(self, key, self.backend.asarray(value.astype(self.dtype)))
+            # in place: a captured CUDA-graph step keeps the arrays' addresses (gpucnn.graph_step)
+            getattr(self, key)[...] = self.backend.asarray(value.astype(self.dtype))
 
     def __repr__(self) -> str:
         return f"BatchNorm2D({self.num_features}, eps={self.eps}, momentum={self.momentum})"
