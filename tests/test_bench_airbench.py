@@ -48,16 +48,51 @@ def test_written_files_read_back_as_airbench_reads_them(tmp_path):
     assert test["labels"].tolist() == yt.tolist()
 
 
-def test_gpucnn_side_of_the_race_runs_its_epochs(numpy_backend):
-    """The gpucnn loop of the race (loader, schedule, steps) on numpy at a small batch."""
+def test_gpucnn_side_of_the_race_is_the_trainer(numpy_backend):
+    """The gpucnn side of the race is ``gpucnn train``'s Trainer (loader, schedule, Lookahead,
+    steps), its epochs timed as metrics.jsonl times them; on numpy at a small batch."""
     from gpucnn.data import Dataset
 
     x, y, xt, yt = airbench.synthetic_cifar(24, 4, seed=3)
     dataset = Dataset("synthetic", x, y, xt, yt, list(airbench.CLASSES))
     ours = airbench.time_gpucnn(dataset, 2, device="numpy", batch_size=8)
-    assert ours["steps_per_epoch"] == 3 and len(ours["samples_s"]) == 2
+    assert ours["steps_per_epoch"] == 3 and len(ours["samples_s"]) == 2 and ours["images_per_epoch"] == 24
+    assert all(s > 0 for s in ours["samples_s"])
     assert ours["epoch_s"] == pytest.approx(sum(ours["samples_s"]) / 2)
     assert ours["math"] == "fp32" and ours["config"] == "configs/cifar10-fast.toml"
+    assert ours["step"] == "eager" and ours["notes"] == []  # numpy: no graph, nothing to say
+    assert 0.0 <= ours["test_acc"] <= 1.0  # evaluated once, after the timed epochs
+
+
+def test_race_config_times_the_recipe_with_one_evaluation_and_no_figure():
+    config = airbench.race_config("cifar10-fast", 3)
+    training = config["training"]
+    assert (training["epochs"], training["eval_every"], training["curves"]) == (3, 3, False)
+    assert training["lookahead"]["every"] == 5 and config["data"]["augment"]["alternate_flip"]  # the recipe
+    assert config["data"]["batch_size"] == 1024 and airbench.race_config("cifar10-fast", 1, 8)["data"]["batch_size"] == 8
+
+
+def test_race_precision_reaches_the_backend(numpy_backend):
+    """--precision is the backend's GEMM precision for the gpucnn side (bf16 by default)."""
+    from gpucnn.data import Dataset
+
+    x, y, xt, yt = airbench.synthetic_cifar(16, 4, seed=4)
+    dataset = Dataset("synthetic", x, y, xt, yt, list(airbench.CLASSES))
+    ours = airbench.time_gpucnn(dataset, 1, device="numpy", batch_size=8, precision="bf16")
+    assert ours["math"] == "bf16"
+
+
+def test_step_mode_names_how_the_trainer_ran_its_steps():
+    """graph replay, the capturable step run eagerly (the emulator), or eager steps and why."""
+    from types import SimpleNamespace
+
+    step = SimpleNamespace(eager_reason=None, graph=SimpleNamespace(mode="eager"))
+    assert airbench.step_mode(SimpleNamespace(cuda_graph="auto", _steps={1024: step})) == "capturable step, eager"
+    step.graph.mode = "graph"
+    assert airbench.step_mode(SimpleNamespace(cuda_graph="auto", _steps={1024: step, 848: step})) == "cuda graph"
+    step.eager_reason = "cuBLAS: matmul"
+    assert airbench.step_mode(SimpleNamespace(cuda_graph="auto", _steps={1024: step})) == "eager (cuBLAS: matmul)"
+    assert airbench.step_mode(SimpleNamespace(cuda_graph=None, _steps={})) == "eager"
 
 
 def _no_gpu() -> str | None:

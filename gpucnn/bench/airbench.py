@@ -9,15 +9,22 @@ missing, so ``write_cifar_files`` writes them first into a temporary folder. air
 ``train()`` builds its test loader from the relative path ``cifar10``, so it runs with that
 folder as the working directory.
 
-What is timed (after one warm-up step each: cuDNN's benchmark search / our conv autotuning
-and kernel builds):
-  airbench  ``train94(loader, epochs=E, verbose=False)`` end to end (whitening init, the
-            first epoch's on-GPU image preparation, every training step; no evaluation),
-            divided by E. Its own math: fp16 weights and activations, channels-last.
-  gpucnn    E epochs of the cifar10-fast recipe built by ``build_run`` on the cuda backend
-            (its loader, augmentation, lr schedule and optimizer; no evaluation, no
-            checkpoints), each epoch timed to a device sync; total divided by E, and each
-            epoch's time in ``gpucnn_epoch_samples_s``. Its math: the backend's precision.
+What is timed (each side warm first: airbench's ``warmup94`` step, which runs cuDNN's
+benchmark search; for gpucnn a one-epoch run of two batches on the same backend: kernel
+builds, conv autotuning, a graph capture):
+  airbench  ``train94(loader, epochs=E, verbose=False)`` end to end (net build, whitening
+            init, the first epoch's on-GPU image preparation, every training step; no
+            evaluation), divided by E. Its own math: fp16 weights and activations,
+            channels-last. Its loader drops the last partial batch (48 steps of 1024 on 50000).
+  gpucnn    ``gpucnn train``'s own path: the Trainer on the cifar10-fast recipe for E epochs
+            (its loader and augmentation, lr schedule, the step as a CUDA graph when nothing
+            blocks one, Lookahead), each epoch's seconds as the Trainer measures them for
+            metrics.jsonl (to a device sync; the model build and whitening fit before, and
+            the evaluation after, are outside them); their mean, and each in
+            ``gpucnn_epoch_samples_s``. Every image trains (49 steps, the last of 848).
+            Its math: ``--precision`` (default bf16, the nearest to airbench's fp16: bf16
+            GEMM operands, fp32 sums and activations); ``gpucnn_step`` says whether the step
+            ran as a CUDA graph.
 
 ``main(argv)`` is the command (scripts/airbench_race.py wraps it); without a GPU it exits 1
 with one line saying so.
@@ -39,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from gpucnn.errors import GpucnnError
+from gpucnn.precision import PRECISIONS
 
 AIRBENCH_VERSION = "0.1.8"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -115,6 +123,7 @@ def time_airbench(data_root: Path, epochs: int, torch) -> dict:
     finally:
         os.chdir(cwd)
     return {"epoch_s": seconds / epochs, "total_s": seconds, "steps_per_epoch": len(loader),
+            "batch_size": loader.batch_size,
             "math": "fp16 + channels-last (airbench94's own)", "version": _installed_version()}
 
 
@@ -127,51 +136,79 @@ def _installed_version() -> str | None:
         return None
 
 
-def time_gpucnn(dataset, epochs: int, config_name: str = "cifar10-fast", device: str = "cuda",
-                batch_size: int | None = None) -> dict:
-    """gpucnn's seconds per epoch for ``config_name`` on ``device`` (see the module docstring);
-    ``batch_size`` overrides the config's (tests run the same loop small on the CPU)."""
-    from gpucnn.backend import use_backend
-    from gpucnn.build import build_run
+def race_config(config_name: str, epochs: int, batch_size: int | None = None) -> dict:
+    """``config_name`` as the race trains it: ``epochs`` epochs, evaluated once at the end
+    (outside the timed epochs), no curves figure; ``batch_size`` overrides the config's."""
     from gpucnn.config import load_config, validate_config
 
     config = validate_config(load_config(config_name))
     config["training"]["epochs"] = epochs
+    config["training"]["eval_every"] = epochs
+    config["training"]["curves"] = False
     if batch_size is not None:
         config["data"]["batch_size"] = batch_size
+    return config
+
+
+def _fit(config: dict, dataset, backend, notes: list[str]):
+    """Train ``config`` on ``dataset`` with the Trainer that ``gpucnn train`` runs, into a
+    scratch folder; its lines go to ``notes``. Returns the Trainer."""
+    from gpucnn.build import build_run
+    from gpucnn.train import Trainer
+
+    with tempfile.TemporaryDirectory(prefix="gpucnn-race-run-") as out:
+        trainer = Trainer(build_run(config, dataset, backend=backend), Path(out) / "run", echo=notes.append,
+                          progress_bar=False)
+        trainer.fit()
+    return trainer
+
+
+def step_mode(trainer) -> str:
+    """How the trainer's steps ran: "cuda graph", "capturable step, eager" (the emulator) or
+    "eager" with the reason when a graph was wanted but something blocked it."""
+    if trainer.cuda_graph is None:
+        return "eager"
+    reasons = sorted({s.eager_reason for s in trainer._steps.values() if s.eager_reason})
+    if reasons:
+        return f"eager ({'; '.join(reasons)})"
+    modes = {s.graph.mode for s in trainer._steps.values()}
+    return "cuda graph" if modes == {"graph"} else "capturable step, eager"
+
+
+def time_gpucnn(dataset, epochs: int, config_name: str = "cifar10-fast", device: str = "cuda",
+                batch_size: int | None = None, precision: str | None = None, warmup_batches: int = 2) -> dict:
+    """gpucnn's seconds per epoch for ``config_name`` on ``device`` in ``precision`` (None: the
+    config's): what ``gpucnn train`` does, timed by the Trainer itself (see the module docstring).
+
+    A warm-up run first trains one epoch of ``warmup_batches`` full batches on the same backend
+    (kernel builds, conv autotuning, one graph capture), so the timed run starts warm as
+    airbench's does after ``warmup94``. ``batch_size`` overrides the config's (tests run the
+    same path small on the CPU).
+    """
+    from gpucnn.backend import use_backend
+    from gpucnn.data import Dataset
+
+    config = race_config(config_name, epochs, batch_size)
+    batch = config["data"]["batch_size"]
+    warm_n = min(len(dataset.y_train), warmup_batches * batch)
+    warm = Dataset(f"{dataset.name} (warm-up)", dataset.x_train[:warm_n], dataset.y_train[:warm_n],
+                   dataset.x_test[:batch], dataset.y_test[:batch], list(dataset.classes))
+    notes: list[str] = []
     with use_backend(device) as backend:
-        run = build_run(config, dataset, backend=backend)
-        model, loss_fn, optimizer = run.model, run.loss_fn, run.optimizer
-        loader, schedule = run.train_loader, run.schedule
-
-        def step(x, y, lr):
-            optimizer.lr = lr
-            loss_fn.forward(model.forward(x, training=True), y)
-            model.backward(loss_fn.backward(), input_grad=False)
-            optimizer.step()
-            if run.ema is not None:
-                run.ema.update()
-
-        loader.set_epoch(0)
-        x, y = next(iter(loader))
-        step(x, y, schedule(0))  # warm-up: kernel builds, conv autotuning
-        backend.synchronize()
-        samples, global_step = [], 0
-        for epoch in range(epochs):
-            loader.set_epoch(epoch)
-            start = time.perf_counter()
-            for x, y in loader:
-                step(x, y, schedule(global_step))
-                global_step += 1
-            backend.synchronize()
-            samples.append(time.perf_counter() - start)
-        return {"epoch_s": sum(samples) / epochs, "samples_s": samples, "steps_per_epoch": len(loader),
-                "math": getattr(backend, "precision", "fp32"), "device": backend.device_name,
-                "config": f"configs/{config_name}.toml"}
+        if precision is not None:
+            backend.set_precision(precision, "--precision")
+        _fit(race_config(config_name, 1, batch_size), warm, backend, [])
+        trainer = _fit(config, dataset, backend, notes)
+        records = trainer.metrics_log.records
+        samples = [r["seconds"] for r in records]
+        return {"epoch_s": sum(samples) / epochs, "samples_s": samples, "steps_per_epoch": len(trainer.train_loader),
+                "images_per_epoch": len(dataset.y_train), "math": backend.precision, "device": backend.device_name,
+                "step": step_mode(trainer), "notes": [n for n in notes if n.startswith("training.cuda_graph")],
+                "test_acc": records[-1].get("test_acc"), "config": f"configs/{config_name}.toml"}
 
 
 def race(epochs: int, images: int, test_images: int, seed: int = 0, torch=None,
-         log=lambda line: None) -> dict:
+         log=lambda line: None, precision: str = "bf16") -> dict:
     """Run both for ``epochs`` on ``images`` synthetic training images; the result dict."""
     from gpucnn.bench.torch_peers import load_torch
     from gpucnn.data import Dataset
@@ -188,7 +225,7 @@ def race(epochs: int, images: int, test_images: int, seed: int = 0, torch=None,
         theirs = time_airbench(Path(scratch), epochs, torch)
     log(f"gpucnn cifar10-fast: {epochs} epochs on the same images")
     dataset = Dataset("synthetic-cifar10", x_train, y_train, x_test, y_test, list(CLASSES))
-    ours = time_gpucnn(dataset, epochs)
+    ours = time_gpucnn(dataset, epochs, precision=precision)
     ratio = ours["epoch_s"] / theirs["epoch_s"] if theirs["epoch_s"] > 0 else None
     return {
         "schema": SCHEMA,
@@ -197,7 +234,9 @@ def race(epochs: int, images: int, test_images: int, seed: int = 0, torch=None,
         "versions": {"torch": torch.__version__, "airbench": theirs["version"] or AIRBENCH_VERSION},
         "airbench": {"gpucnn_epoch_s": ours["epoch_s"], "airbench_epoch_s": theirs["epoch_s"], "ratio": ratio,
                      "epochs": epochs, "images": images, "gpucnn_epoch_samples_s": ours["samples_s"],
-                     "gpucnn_math": ours["math"], "airbench_math": theirs["math"],
+                     "gpucnn_math": ours["math"], "airbench_math": theirs["math"], "gpucnn_step": ours["step"],
+                     "gpucnn_notes": ours["notes"], "gpucnn_images_per_epoch": ours["images_per_epoch"],
+                     "airbench_images_per_epoch": theirs["steps_per_epoch"] * theirs["batch_size"],
                      "gpucnn_steps_per_epoch": ours["steps_per_epoch"],
                      "airbench_steps_per_epoch": theirs["steps_per_epoch"], "gpucnn_config": ours["config"]},
     }
@@ -209,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=50000, help="synthetic training images (default 50000)")
     parser.add_argument("--test-images", type=int, default=2000, help="synthetic test images (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=PRECISIONS, default="bf16",
+                        help="gpucnn's GEMM precision (default bf16, the nearest to airbench's fp16)")
     parser.add_argument("--json", dest="json_path", default=None, help="write the result here")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.images < 1024 or args.test_images < 1:
@@ -218,12 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         result = race(args.epochs, args.images, args.test_images, args.seed,
-                      log=lambda line: print(line, file=sys.stderr))
+                      log=lambda line: print(line, file=sys.stderr), precision=args.precision)
     except GpucnnError as exc:
         print(f"airbench race: {exc}", file=sys.stderr)
         return 1
     a = result["airbench"]
-    print(f"gpucnn cifar10-fast {a['gpucnn_epoch_s']:.3f} s/epoch ({a['gpucnn_math']}), airbench94 "
+    print(f"gpucnn cifar10-fast {a['gpucnn_epoch_s']:.3f} s/epoch ({a['gpucnn_math']}, {a['gpucnn_step']}), airbench94 "
           f"{a['airbench_epoch_s']:.3f} s/epoch ({a['airbench_math']}): ratio {a['ratio']:.2f}x "
           f"on {result['device']['name']}")
     if args.json_path:
