@@ -8,8 +8,9 @@
 // blocks per channel, so a few channels still fill the device:
 //   stage 1, grid (C, chunks): block (c, g) reduces values j in [g * chunk, (g + 1) * chunk)
 //     of channel c; stage 2 combines the chunks of each channel in ascending order.
-//   Every sum is a fixed-order shared-memory tree (no atomics, no warp shuffles): results
-//   are bit-identical from run to run for a given chunk size and block size.
+//   Every sum and merge is a fixed-order warp-shuffle tree, then one shared-memory hand-off
+//   between the warps (common.cuh; no atomics): results are bit-identical from run to run for
+//   a given chunk size and block size.
 //
 // batchnorm2d_partial_stats: per chunk its mean and M2 = sum (x - mean)^2. Each thread sums
 //   its values shifted by the first one it reads (no E[x^2] - E[x]^2 cancellation even for
@@ -94,35 +95,49 @@ static __device__ __forceinline__ void chan_merge(float& na, float& ma, float& m
     na = n;
 }
 
-// Fixed-order tree merge of every thread's (count, mean, M2); thread 0 gets the block's.
-// blockDim.x a power of two <= 1024; all threads must call it.
-static __device__ void block_merge_moments(float& n, float& mean, float& m2, float* sn, float* smean, float* sm2)
+// Merges (n, mean, m2) of lanes l and l + offset into lane l, offsets lanes/2 ... 1: lane 0
+// ends with the warp's moments merged in a fixed order (Chan's merge is not symmetric in
+// float arithmetic, so only lane 0's result is used; the other lanes' are partial).
+static __device__ __forceinline__ void warp_merge_moments(float& n, float& mean, float& m2, unsigned int lanes)
 {
-    const unsigned int t = threadIdx.x;
-    sn[t] = n;
-    smean[t] = mean;
-    sm2[t] = m2;
-    __syncthreads();
-    for (unsigned int half = blockDim.x / 2; half > 0; half >>= 1) {
-        if (t < half) {
-            float a = sn[t], b = smean[t], c = sm2[t];
-            chan_merge(a, b, c, sn[t + half], smean[t + half], sm2[t + half]);
-            sn[t] = a;
-            smean[t] = b;
-            sm2[t] = c;
-        }
-        __syncthreads();
+    const unsigned int mask = lane_mask(lanes);
+    for (unsigned int offset = lanes / 2; offset > 0; offset >>= 1) {
+        const float nb = __shfl_down_sync(mask, n, offset);
+        const float mb = __shfl_down_sync(mask, mean, offset);
+        const float m2b = __shfl_down_sync(mask, m2, offset);
+        if ((threadIdx.x & 31u) + offset < lanes) chan_merge(n, mean, m2, nb, mb, m2b);
     }
-    n = sn[0];
-    mean = smean[0];
-    m2 = sm2[0];
+}
+
+// Fixed-order merge of every thread's (count, mean, M2): warps first, then warp 0 merges the
+// warps' results; thread 0 gets the block's. blockDim.x a power of two <= 1024; `shared`
+// holds 3 * BLOCK_SUM_SCRATCH floats; all threads must call it.
+static __device__ void block_merge_moments(float& n, float& mean, float& m2, float* shared)
+{
+    const unsigned int lanes = block_warp_lanes();
+    warp_merge_moments(n, mean, m2, lanes);
+    const unsigned int warps = blockDim.x / lanes;
+    if (warps == 1) return;
+    const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        shared[warp] = n;
+        shared[BLOCK_SUM_SCRATCH + warp] = mean;
+        shared[2 * BLOCK_SUM_SCRATCH + warp] = m2;
+    }
     __syncthreads();
+    if (warp == 0) {
+        const bool mine = lane < warps;
+        n = mine ? shared[lane] : 0.0f;
+        mean = mine ? shared[BLOCK_SUM_SCRATCH + lane] : 0.0f;
+        m2 = mine ? shared[2 * BLOCK_SUM_SCRATCH + lane] : 0.0f;
+        warp_merge_moments(n, mean, m2, 32u);
+    }
 }
 
 extern "C" __global__ void batchnorm2d_partial_stats(float* __restrict__ partial, const float* __restrict__ x,
                                                      int N, int C, int HW, int chunk)
 {
-    __shared__ float sn[1024], smean[1024], sm2[1024];
+    __shared__ float moments[3 * BLOCK_SUM_SCRATCH];
     const int c = blockIdx.x, g = blockIdx.y;
     const int M = N * HW;
     const int begin = g * chunk;
@@ -143,7 +158,7 @@ extern "C" __global__ void batchnorm2d_partial_stats(float* __restrict__ partial
         mean = shift + s1 / count;
         m2 = fmaxf(s2 - s1 * (s1 / count), 0.0f);
     }
-    block_merge_moments(count, mean, m2, sn, smean, sm2);
+    block_merge_moments(count, mean, m2, moments);
     if (threadIdx.x == 0) {
         partial[((size_t)c * gridDim.y + g) * 2] = mean;
         partial[((size_t)c * gridDim.y + g) * 2 + 1] = m2;
@@ -156,7 +171,7 @@ extern "C" __global__ void batchnorm2d_finalize_stats(float* __restrict__ mean_o
                                                       const float* __restrict__ partial, int chunks, int M,
                                                       int chunk, float eps, float momentum, int update_running)
 {
-    __shared__ float sn[1024], smean[1024], sm2[1024];
+    __shared__ float moments[3 * BLOCK_SUM_SCRATCH];
     const int c = blockIdx.x;
     float count = 0.0f, mean = 0.0f, m2 = 0.0f;
     // Thread t merges chunks t, t + blockDim.x, ... in ascending order, then the tree.
@@ -166,7 +181,7 @@ extern "C" __global__ void batchnorm2d_finalize_stats(float* __restrict__ mean_o
         const float* pg = partial + ((size_t)c * chunks + g) * 2;
         chan_merge(count, mean, m2, n, pg[0], pg[1]);
     }
-    block_merge_moments(count, mean, m2, sn, smean, sm2);
+    block_merge_moments(count, mean, m2, moments);
     if (threadIdx.x == 0) {
         const float var = m2 / (float)M;
         const float unbiased = M > 1 ? m2 / (float)(M - 1) : GPUCNN_NAN;
@@ -229,7 +244,7 @@ extern "C" __global__ void batchnorm2d_backward_partial(float* __restrict__ part
                                                         const float* __restrict__ invstd,
                                                         int N, int C, int HW, int chunk, int act)
 {
-    __shared__ float scratch[1024];
+    __shared__ float scratch[2 * BLOCK_SUM_SCRATCH];
     const int c = blockIdx.x, g = blockIdx.y, chunks = gridDim.y;
     const int M = N * HW;
     const int begin = g * chunk;
@@ -247,11 +262,10 @@ extern "C" __global__ void batchnorm2d_backward_partial(float* __restrict__ part
             sum_dz_xhat += dz * xhat;
         }
     }
-    const float db = block_sum(sum_dz, scratch);
-    const float dg = block_sum(sum_dz_xhat, scratch);
+    block_sum2(sum_dz, sum_dz_xhat, scratch);
     if (threadIdx.x == 0) {
-        partial[(size_t)c * chunks + g] = db;
-        partial[((size_t)C + c) * chunks + g] = dg;
+        partial[(size_t)c * chunks + g] = sum_dz;
+        partial[((size_t)C + c) * chunks + g] = sum_dz_xhat;
     }
 }
 

@@ -6,12 +6,12 @@
 // add_channel_bias: y[n, c, p] += b[c]; one thread per element, grid-stride loop.
 // channel_sum: out[c] = sum over n, p of x[n, c, p] (conv and dense bias gradient);
 //   one block per channel (blockIdx.x = c), blockDim.x a power of two; each thread sums a
-//   strided slice, then a deterministic tree reduction in shared memory (no atomics, so the
-//   result is bit-identical from run to run).
+//   strided slice, then common.cuh's block_sum (warp shuffles in a fixed order, no atomics,
+//   so the result is bit-identical from run to run).
 // channel_partial_sum: first pass of channel_sum when a few channels hold many elements
 //   (LeNet's 6 channels x 128 images): block (c, g) (blockIdx.x = c, blockIdx.y = g) sums
 //   images [g*per_block, (g+1)*per_block) of channel c into partial[c, g]; channel_sum over
-//   partial viewed as (1, C, groups) finishes. Same tree reduction, still no atomics.
+//   partial viewed as (1, C, groups) finishes. Same block_sum, still no atomics.
 #include "common.cuh"
 
 extern "C" __global__ void add_channel_bias(float* __restrict__ y, const float* __restrict__ b,
@@ -26,7 +26,7 @@ extern "C" __global__ void add_channel_bias(float* __restrict__ y, const float* 
 extern "C" __global__ void channel_sum(float* __restrict__ out, const float* __restrict__ x,
                                        int N, int C, int P)
 {
-    __shared__ float scratch[1024];
+    __shared__ float scratch[BLOCK_SUM_SCRATCH];
     const int c = blockIdx.x;
     const int count = N * P;
     float acc = 0.0f;
@@ -42,7 +42,7 @@ extern "C" __global__ void channel_sum(float* __restrict__ out, const float* __r
 extern "C" __global__ void channel_partial_sum(float* __restrict__ partial, const float* __restrict__ x,
                                                int N, int C, int P, int per_block)
 {
-    __shared__ float scratch[1024];
+    __shared__ float scratch[BLOCK_SUM_SCRATCH];
     const int c = blockIdx.x, g = blockIdx.y;
     const int n0 = g * per_block;
     const int n1 = n0 + per_block < N ? n0 + per_block : N;

@@ -46,6 +46,8 @@ BN_CASES = [
     ((3, 17, 1, 1), 2, 16),  # H=W=1: 3 values per channel, chunks of 2 and 1
     ((2, 3, 5, 5), None, 64),  # one chunk per channel, fewer values than threads
     ((3, 3, 7, 7), 50, 16),  # chunks longer than the block: each thread sums several values
+    ((4, 3, 9, 9), 300, 256),  # 8 warps: shuffle trees, then warp 0 merges the warps' results
+    ((2, 2, 5, 5), None, 1024),  # 32 warps, most of them without a value
 ]
 
 

@@ -89,7 +89,7 @@ def test_the_report_covers_every_kernel_and_parses_ptxas(report):
     rows = {(r["kernel"], r["arch"]): r for r in report}
     for arch in ARCHS:
         assert 0 < rows["scaled_sum", arch]["registers"] <= 255
-        assert rows["scaled_sum", arch]["smem"] >= 4 * 64  # block_sum's scratch
+        assert rows["scaled_sum", arch]["smem"] == 4 * 32  # block_sum's scratch: one float per warp of 1024 threads
         assert rows["scaled_sum", arch]["threads_assumed"] and rows["scaled_sum", arch]["threads"] == 256
         igemm = rows["conv2d_forward_igemm", arch]
         assert igemm["threads"] == 256 and not igemm["threads_assumed"]  # __launch_bounds__(256)
@@ -111,13 +111,30 @@ def test_tensor_core_kernels_use_hmma_without_spills(report):
     assert any(r["ldgsts"] > 0 for r in tc_rows)  # cp.async became LDGSTS
 
 
+def test_reductions_are_warp_shuffles_with_two_barriers(nvrtc):
+    """block_sum and the BatchNorm moment merge reduce inside each warp with shuffles (SHFL) and
+    meet once in shared memory: two block barriers per reduction, not one per tree level."""
+    if sass_report.find_disassembler() is None:
+        pytest.skip("no cuobjdump/nvdisasm (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    rows = {(r["kernel"], r["arch"]): r for r in sass_report.kernel_report(files=["reduce.cu", "batchnorm.cu"])}
+    for arch in ARCHS:
+        for kernel, reductions in (("scaled_sum", 1), ("batchnorm2d_backward_partial", 1),
+                                   ("batchnorm2d_partial_stats", 1), ("batchnorm2d_finalize_stats", 1)):
+            row = rows[kernel, arch]
+            assert row["shfl"] >= 5, row  # log2(32) levels at least
+            # the shared-memory tree this replaced compiled to 3 BARs per reduction (its loop
+            # ran one per level: 10 barriers for 256 threads; this runs 2)
+            assert row["bar"] <= 2 * reductions, row
+            assert row["spill_stores"] == 0, row
+
+
 def test_the_table_lists_every_row(report):
     table = sass_report.format_kernel_table(report)
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["kernel", "arch", "thr", "regs"]
     assert len(lines) == len(report) + 3  # header, rule, footnote for assumed threads
     assert "no __launch_bounds__" in lines[-1]
-    row = {**report[0], "hmma": None, "ldsm": None, "ldgsts": None, "threads_assumed": False}
+    row = {**report[0], **{key: None for key in sass_report.COUNTED.values()}, "threads_assumed": False}
     assert " - " in sass_report.format_kernel_table([row])
 
 
@@ -152,12 +169,14 @@ def test_parsers_read_both_disassembler_formats():
         "        /*0020*/                   LDGSTS.E.BYPASS.128 [R2], desc[UR4][R6.64] ;\n"
         "\t\tFunction : k2\n"
         "        /*0000*/                   LDSM.16.M88.4 R8, [R3] ;\n"
+        "        /*0010*/                   SHFL.BFLY PT, R5, R4, 0x10, 0x1f ;\n"
+        "        /*0020*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;\n"
     )
     nvdisasm = cuobjdump.replace("\t\tFunction : k1", ".text.k1:").replace("\t\tFunction : k2", ".text.k2:")
     for text in (cuobjdump, nvdisasm):
         counts = sass_report.parse_sass(text)
-        assert counts["k1"] == {"hmma": 1, "ldsm": 0, "ldgsts": 1, "instructions": 3}
-        assert counts["k2"] == {"hmma": 0, "ldsm": 1, "ldgsts": 0, "instructions": 1}
+        assert counts["k1"] == {"hmma": 1, "ldsm": 0, "ldgsts": 1, "shfl": 0, "bar": 0, "instructions": 3}
+        assert counts["k2"] == {"hmma": 0, "ldsm": 1, "ldgsts": 0, "shfl": 1, "bar": 1, "instructions": 3}
     log = ("ptxas info    : Compiling entry function 'k' for 'sm_80'\n"
            "ptxas         .     16 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads\n"
            "ptxas info    : Used 40 registers, used 1 barriers, 8192 bytes smem, 400 bytes cmem[0]\n")

@@ -7,7 +7,8 @@ One row (dict) per (kernel, arch)::
     kernel, file, arch, threads (per block; from __launch_bounds__/.maxntid, else
     DEFAULT_THREADS and threads_assumed=True), registers (per thread), spill_stores,
     spill_loads, stack (bytes), smem (static shared bytes per block), barriers,
-    hmma, ldsm, ldgsts (instruction counts; None without a disassembler), instructions,
+    hmma, ldsm, ldgsts, shfl, bar (instruction counts: tensor-core MMAs, ldmatrix, cp.async,
+    warp shuffles, block barriers; None without a disassembler), instructions,
     blocks_per_sm, occupancy (resident warps / max warps per SM, 0..1), limiter
 
 Occupancy uses the per-SM limits of the CUDA occupancy calculator (CUDA C++ Programming
@@ -38,7 +39,7 @@ from gpucnn.cuda import sources as source_files
 
 ARCHS = ("sm_80", "sm_90")
 DEFAULT_THREADS = 256  # what most launchers in gpucnn.ops use when a kernel has no launch bounds
-COUNTED = {"HMMA": "hmma", "LDSM": "ldsm", "LDGSTS": "ldgsts"}
+COUNTED = {"HMMA": "hmma", "LDSM": "ldsm", "LDGSTS": "ldgsts", "SHFL": "shfl", "BAR": "bar"}
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def parse_sass(text: str) -> dict[str, dict]:
         function = _FUNCTION.match(line)
         if function:
             name = function.group(1) or function.group(2)
-            counts.setdefault(name, {"hmma": 0, "ldsm": 0, "ldgsts": 0, "instructions": 0})
+            counts.setdefault(name, {**{key: 0 for key in COUNTED.values()}, "instructions": 0})
             continue
         instruction = _SASS_LINE.search(line)
         if name is None or not instruction:
@@ -191,7 +192,7 @@ def file_report(file: str, text: str, arch: str, disassembler: list[str] | None)
     for name, res in resources.items():
         threads = bounds.get(name, DEFAULT_THREADS)
         blocks, occ, limiter = occupancy(arch, threads, res["registers"], res["smem"])
-        counts = sass.get(name, {"hmma": None, "ldsm": None, "ldgsts": None, "instructions": None})
+        counts = sass.get(name, {**{key: None for key in COUNTED.values()}, "instructions": None})
         rows.append({"kernel": name, "file": file, "arch": arch, "threads": threads,
                      "threads_assumed": name not in bounds, **res, **counts,
                      "blocks_per_sm": blocks, "occupancy": occ, "limiter": limiter})
@@ -215,14 +216,14 @@ def kernel_report(archs=ARCHS, files=None, sources: dict[str, str] | None = None
 
 def format_kernel_table(rows: list[dict]) -> str:
     """A fixed-width text table of kernel_report rows ('-' where SASS was not available)."""
-    header = ("kernel", "arch", "thr", "regs", "spill st/ld", "smem", "HMMA", "LDSM", "LDGSTS", "occupancy")
+    header = ("kernel", "arch", "thr", "regs", "spill st/ld", "smem", *COUNTED, "occupancy")
     table = [header]
     for r in rows:
         dash = lambda v: "-" if v is None else str(v)  # noqa: E731
         table.append((
             r["kernel"], r["arch"], f"{r['threads']}{'*' if r['threads_assumed'] else ''}", str(r["registers"]),
-            f"{r['spill_stores']}/{r['spill_loads']}", str(r["smem"]), dash(r["hmma"]), dash(r["ldsm"]),
-            dash(r["ldgsts"]), f"{r['occupancy']:.0%} ({r['blocks_per_sm']} blk, {r['limiter']})",
+            f"{r['spill_stores']}/{r['spill_loads']}", str(r["smem"]), *(dash(r[key]) for key in COUNTED.values()),
+            f"{r['occupancy']:.0%} ({r['blocks_per_sm']} blk, {r['limiter']})",
         ))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
