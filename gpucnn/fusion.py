@@ -2,10 +2,10 @@
 
 A chain is a model's layer list or one branch of a container (``Layer.sublayers()`` names
 its children ``{branch}.{j}``, applied in order to the container's input). Within a chain, a
-layer whose ``can_absorb(next)`` holds (BatchNorm2D before a ReLU/GELU) is told to
-``absorb(next)`` and ``next`` to ``set_absorbed(True)``: it then passes through. Nothing is
-fused across chains, so a Residual body's last BatchNorm2D never takes the ReLU that follows
-the block's add. The layer list, param keys, checkpoints and export do not change.
+layer whose ``can_absorb(next)`` holds (BatchNorm2D before a ReLU/GELU, Conv2D or Dense before
+a ReLU) is told to ``absorb(next)`` and ``next`` to ``set_absorbed(True)``: it then passes
+through. Nothing is fused across chains, so a Residual body's last BatchNorm2D never takes
+the ReLU that follows the block's add. The layer list, param keys, checkpoints and export do not change.
 
 The plan names no layer class: the layers answer through those base-class hooks.
 """

@@ -7,7 +7,8 @@
 //
 // conv2d_forward_direct: one thread per output y[n, o, oh, ow] (grid-stride loop):
 //   y = b[o] + sum_{c, kh, kw} w[o, c, kh, kw] * x[n, c, oh SH - PH + kh, ow SW - PW + kw],
-//   out-of-range x reads as 0 (zero padding). b is read only when has_bias != 0.
+//   out-of-range x reads as 0 (zero padding). b is read only when has_bias != 0; relu != 0
+//   stores max(y, 0) (the fused ReLU of ops.GEMM_FUSED_ACTIVATIONS).
 // conv2d_backward_data_direct: one thread per input delta dx[n, c, h, w]. The flipped-filter
 //   delta convolution: dx is the full convolution of the delta map, dilated by the stride
 //   (SH - 1 zeros between rows, SW - 1 between columns) and zero padded, with the filter
@@ -18,13 +19,13 @@
 // conv2d_backward_filter_direct: one BLOCK per filter tap dw[o, c, kh, kw] (blockIdx.x);
 //   the valid correlation of the zero-padded input with the delta map:
 //   dw = sum_{n, oh, ow} dy[n, o, oh, ow] * x[n, c, oh SH - PH + kh, ow SW - PW + kw].
-//   Threads stride over (n, oh, ow); a deterministic shared-memory tree reduction finishes
+//   Threads stride over (n, oh, ow); common.cuh's deterministic block_sum finishes
 //   (blockDim.x a power of two). The bias gradient is bias.cu:channel_sum.
 #include "common.cuh"
 
 extern "C" __global__ void conv2d_forward_direct(float* __restrict__ y, const float* __restrict__ x,
                                                  const float* __restrict__ w, const float* __restrict__ b,
-                                                 int has_bias, int N, int C, int H, int W, int O,
+                                                 int has_bias, int relu, int N, int C, int H, int W, int O,
                                                  int KH, int KW, int SH, int SW, int PH, int PW,
                                                  int OH, int OW)
 {
@@ -47,7 +48,7 @@ extern "C" __global__ void conv2d_forward_direct(float* __restrict__ y, const fl
                 }
             }
         }
-        y[i] = acc;
+        y[i] = relu ? fmaxf(acc, 0.0f) : acc;
     }
 }
 
@@ -90,7 +91,7 @@ extern "C" __global__ void conv2d_backward_filter_direct(float* __restrict__ dw,
                                                          int KH, int KW, int SH, int SW, int PH, int PW,
                                                          int OH, int OW)
 {
-    __shared__ float scratch[1024];
+    __shared__ float scratch[BLOCK_SUM_SCRATCH];
     const int tap = blockIdx.x;  // flat index into dw (O, C, KH, KW)
     const int kw = tap % KW;
     const int kh = (tap / KW) % KH;

@@ -10,6 +10,8 @@
 //   conv2d_backward_data_igemm   c   (C)         (n, h, w)    N*H*W         (o, kh, kw)  O*KHW
 //   conv2d_backward_filter_igemm o   (O)         (c, kh, kw)  C*KHW         (n, oh, ow)  N*P
 //
+// forward adds b[o] when has_bias != 0 and stores max(y, 0) when relu != 0 (the fused ReLU
+// of ops.GEMM_FUSED_ACTIVATIONS).
 // backward_data gathers the delta map as the flipped-filter delta convolution: column
 // (n, h, w), tap (o, kh, kw) reads dy[n, o, (h + PH - kh) / SH, (w + PW - kw) / SW] when
 // that position lies on the stride-dilated delta grid and inside it, else 0.
@@ -49,7 +51,7 @@ static __device__ __forceinline__ void tile_multiply(float acc[4][4], const floa
 
 extern "C" __global__ void __launch_bounds__(256)
 conv2d_forward_igemm(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ w,
-                     const float* __restrict__ b, int has_bias, int N, int C, int H, int W, int O,
+                     const float* __restrict__ b, int has_bias, int relu, int N, int C, int H, int W, int O,
                      int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW)
 {
     __shared__ float As[TILE_K][TILE_M + 4];
@@ -102,7 +104,8 @@ conv2d_forward_igemm(float* __restrict__ y, const float* __restrict__ x, const f
             const int c2 = n0 + tx + 16 * j;
             if (c2 >= NCOL) continue;
             const int n = c2 / P;
-            y[((size_t)n * O + m) * P + (c2 - n * P)] = acc[i][j] + bias;
+            const float v = acc[i][j] + bias;
+            y[((size_t)n * O + m) * P + (c2 - n * P)] = relu ? fmaxf(v, 0.0f) : v;
         }
     }
 }

@@ -1,5 +1,5 @@
-"""Folding BatchNorm2D + activation (gpucnn.fusion): which pairs fuse, that the fused model
-computes what the unfused one does, and that it launches fewer kernels.
+"""Folding BatchNorm2D + activation and Conv2D/Dense + ReLU (gpucnn.fusion): which pairs fuse,
+that the fused model computes what the unfused one does, and that it launches fewer kernels.
 
 The fused and unfused runs use ONE model toggled with ``set_fusion`` and restored from a
 state_dict snapshot in between, so weights and running statistics start identical.
@@ -17,7 +17,9 @@ from gpucnn.ema import EMA
 from gpucnn.errors import ConfigError
 from gpucnn.losses import SoftmaxCrossEntropy
 from gpucnn.model import Sequential
-from gpucnn.ops import ACTIVATIONS, BN_FUSED_ACTIVATIONS
+from gpucnn.ops import ACTIVATIONS, BN_FUSED_ACTIVATIONS, GEMM_FUSED_ACTIVATIONS
+
+from finite_differences import numeric_grad, relative_error
 
 UNFUSABLE = [a.name for a in ACTIVATIONS if a.name not in BN_FUSED_ACTIVATIONS]
 
@@ -77,6 +79,23 @@ def residual_model(dtype, c=3, seed=1):
     ]), seed)
 
 
+def lenet_like(dtype, seed=2):
+    """LeNet's shape in small: conv-ReLU-pool twice, dense-ReLU, dense. Input (N, 3, 8, 8) ->
+    logits (N, 3); 3 Conv2D/Dense + ReLU pairs (the ReLU in the GEMM's epilogue)."""
+    rng = np.random.default_rng(seed)
+    return Sequential([
+        L.Conv2D(3, 4, 3, padding=1, dtype=dtype, rng=rng),
+        L.ReLU(),
+        L.MaxPool2D(2),                                              # 4 x 4x4
+        L.Conv2D(4, 4, 3, dtype=dtype, rng=rng),                      # 4 x 2x2
+        L.ReLU(),
+        L.Flatten(),
+        L.Dense(16, 5, dtype=dtype, rng=rng),
+        L.ReLU(),
+        L.Dense(5, 3, dtype=dtype, rng=rng),
+    ])
+
+
 def pair_paths(model):
     """The fused pairs as (path, path) of ``named_layers``."""
     path_of = {id(layer): path for path, layer in model.named_layers()}
@@ -121,6 +140,22 @@ def test_pairs_of_a_flat_model_and_the_absorbed_layers_pass_through(numpy_backen
     assert model.fusion.pairs == [] and not gelu.absorbed and bn.fused_activation is None
     y = gelu.forward(x)
     assert y is not x and np.all(y[x < 0] < 0)  # GELU's own op again
+
+
+def test_conv_and_dense_absorb_the_relu_after_them_and_nothing_else(numpy_backend):
+    model = lenet_like(np.float64)
+    assert pair_paths(model) == [(0, 1), (3, 4), (6, 7)]
+    assert [model.layers[i].fused_activation for i in (0, 3, 6, 8)] == ["relu", "relu", "relu", None]
+    assert all(model.layers[i].absorbed for i in (1, 4, 7))
+    conv = L.Conv2D(3, 4, 3, dtype=np.float64)
+    for name in (a.name for a in ACTIVATIONS if a.name not in GEMM_FUSED_ACTIVATIONS):
+        assert not conv.can_absorb(act(name))
+        with pytest.raises(TypeError, match="fuses only relu"):
+            conv.absorb(act(name))
+    assert not L.Dense(4, 2).can_absorb(L.BatchNorm2D(2))
+    x = np.random.default_rng(3).standard_normal((2, 3, 8, 8))
+    y = model.layers[0].forward(x)
+    assert y.min() == 0.0 and np.any(y > 0)  # the ReLU applied in the conv's op
 
 
 @pytest.mark.parametrize("name", UNFUSABLE)
@@ -186,7 +221,7 @@ def test_summary_marks_the_absorbed_layers(numpy_backend):
 # ------------------------------------------------------------------ exactness
 
 
-@pytest.mark.parametrize("make", [fast_like, residual_model])
+@pytest.mark.parametrize("make", [fast_like, residual_model, lenet_like])
 def test_numpy_float64_fused_equals_unfused_bit_for_bit(numpy_backend, make):
     """Bitwise: the NumPy op applies the activation layers' own forward/backward functions and
     recomputes act's input z in the forward's order of operations, so every float is the same."""
@@ -197,7 +232,7 @@ def test_numpy_float64_fused_equals_unfused_bit_for_bit(numpy_backend, make):
     y, dx, grads, state, inference = fused
     np.testing.assert_array_equal(y, unfused[0])
     np.testing.assert_array_equal(dx, unfused[1])
-    assert grads.keys() == unfused[2].keys() and len(grads) > 8
+    assert grads.keys() == unfused[2].keys() and len(grads) >= 8
     for key in grads:
         np.testing.assert_array_equal(grads[key], unfused[2][key], err_msg=key)
         assert np.any(grads[key] != 0), key
@@ -207,7 +242,7 @@ def test_numpy_float64_fused_equals_unfused_bit_for_bit(numpy_backend, make):
     np.testing.assert_array_equal(inference, unfused[4])
 
 
-@pytest.mark.parametrize("make", [fast_like, residual_model])
+@pytest.mark.parametrize("make", [fast_like, residual_model, lenet_like])
 def test_emulated_float32_fused_equals_unfused_to_rounding(emulated_backend, make):
     """Forward: the normalize kernel computes z as the unfused one and applies the same act formula.
     Backward: the kernel recomputes z = xhat * gamma + beta (the forward rounded (x - mean) * (invstd *
@@ -225,25 +260,33 @@ def test_emulated_float32_fused_equals_unfused_to_rounding(emulated_backend, mak
         np.testing.assert_allclose(fused[3][key], unfused[3][key], rtol=1e-6, err_msg=key)
 
 
-H = 1e-6
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_emulated_relu_epilogue_equals_the_relu_layer_bit_for_bit(emulated_backend, precision):
+    """The ReLU in the epilogue of every conv/dense kernel path (direct, igemm, tensor-core
+    tf32/bf16; the im2col path's separate launch) is max(v, 0) of the value the unfused path
+    stores, and the backward applies the ReLU layer's own kernel: the same floats."""
+    emulated_backend.set_precision(precision)
+    model = lenet_like(np.float32)
+    x = np.random.default_rng(17).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    dlogits = np.random.default_rng(18).standard_normal((4, 3)).astype(np.float32)
+    ops = emulated_backend.ops
+    # fp32: each conv kernel path, and the capturable mode (dense layers as igemm 1x1 convs)
+    variants = [("auto", False)] if precision != "fp32" else [(v, False) for v in ("direct", "igemm", "im2col_gemm")]
+    variants += [("auto", True)] if precision == "fp32" else []
+    for variant, capturable in variants:
+        ops.set_variant("conv2d_forward", variant)
+        ops.capturable = capturable
+        fused, unfused = fused_and_unfused(model, x, dlogits)
+        for a, b in zip((fused[0], fused[1], fused[4]), (unfused[0], unfused[1], unfused[4])):
+            np.testing.assert_array_equal(a, b, err_msg=variant)
+        for key in fused[2]:
+            np.testing.assert_array_equal(fused[2][key], unfused[2][key], err_msg=f"{variant} {key}")
+            assert np.any(fused[2][key] != 0), key
 
 
-def _relative_error(analytic, numeric):
-    scale = max(np.linalg.norm(analytic) + np.linalg.norm(numeric), 1e-12)
-    return float(np.linalg.norm(analytic - numeric) / scale)
-
-
-@pytest.mark.parametrize("activation", BN_FUSED_ACTIVATIONS)
-def test_fused_gradients_match_finite_differences(numpy_backend, activation):
-    """L = sum(model(x) * R) for BN + act + conv + BN + act (float64): dL/dx, dgamma, dbeta, dW."""
-    rng = np.random.default_rng(9)
-    model = Sequential([L.BatchNorm2D(2, dtype=np.float64), act(activation),
-                        L.Conv2D(2, 2, 3, padding=1, dtype=np.float64, rng=rng, bias=False),  # BN cancels a bias
-                        L.BatchNorm2D(2, dtype=np.float64), act(activation)])
-    assert len(model.fusion.pairs) == 2
-    random_affine(model, 14)
-    x = rng.standard_normal((3, 2, 4, 4))
-    r = rng.standard_normal((3, 2, 4, 4))
+def assert_gradients_match_central_differences(model, x, r):
+    """L = sum(model(x) * r) in training mode (float64): dL/dx and every param's gradient
+    against central differences, each of them non-zero."""
     state = model.state_dict()
 
     def loss():
@@ -253,24 +296,33 @@ def test_fused_gradients_match_finite_differences(numpy_backend, activation):
     loss()
     dx = model.backward(r)
     analytic = {(p, n): np.array(layer.grads[n]) for p, layer, n in model.parameters()}
-
-    def numeric(v):
-        g = np.zeros_like(v)
-        for idx in np.ndindex(v.shape):
-            old = v[idx]
-            v[idx] = old + H
-            plus = loss()
-            v[idx] = old - H
-            minus = loss()
-            v[idx] = old
-            g[idx] = (plus - minus) / (2 * H)
-        return g
-
-    assert _relative_error(dx, numeric(x)) < 1e-6
+    assert relative_error(dx, numeric_grad(loss, x)) < 1e-6
     for p, layer, n in model.parameters():
         state_key = f"layers.{p}.{n}"
         param = state[state_key]  # loss() loads the state: perturb the snapshot
-        assert _relative_error(analytic[(p, n)], numeric(param)) < 1e-6, state_key
+        assert np.any(analytic[(p, n)] != 0), state_key
+        assert relative_error(analytic[(p, n)], numeric_grad(loss, param)) < 1e-6, state_key
+
+
+@pytest.mark.parametrize("activation", BN_FUSED_ACTIVATIONS)
+def test_fused_gradients_match_finite_differences(numpy_backend, activation):
+    """BN + act + conv + BN + act (float64): dL/dx, dgamma, dbeta, dW."""
+    rng = np.random.default_rng(9)
+    model = Sequential([L.BatchNorm2D(2, dtype=np.float64), act(activation),
+                        L.Conv2D(2, 2, 3, padding=1, dtype=np.float64, rng=rng, bias=False),  # BN cancels a bias
+                        L.BatchNorm2D(2, dtype=np.float64), act(activation)])
+    assert len(model.fusion.pairs) == 2
+    random_affine(model, 14)
+    assert_gradients_match_central_differences(model, rng.standard_normal((3, 2, 4, 4)),
+                                               rng.standard_normal((3, 2, 4, 4)))
+
+
+def test_relu_epilogue_gradients_match_finite_differences(numpy_backend):
+    """lenet_like with the three ReLUs in the conv/dense epilogues (float64): dL/dx, every dW and db."""
+    rng = np.random.default_rng(19)
+    model = lenet_like(np.float64, seed=19)
+    assert len(model.fusion.pairs) == 3
+    assert_gradients_match_central_differences(model, rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((2, 3)))
 
 
 def test_sync_batchnorm_runs_an_absorbed_activation_apart(numpy_backend):
@@ -337,23 +389,22 @@ def test_config_key_turns_folding_on_and_off(numpy_backend):
         validate_config(apply_overrides(load_config("cifar10-fast"), ["model.fuse_batchnorm_activation=3"]))
 
 
-@pytest.mark.parametrize("name, pairs", [("cifar10-vgg", 6), ("resnet20", 10)])
-def test_shipped_relu_configs_fold_their_pairs(numpy_backend, name, pairs):
+@pytest.mark.parametrize("name, bn_pairs, gemm_pairs", [("cifar10-vgg", 6, 1), ("resnet20", 10, 0), ("lenet5", 0, 4)])
+def test_shipped_relu_configs_fold_their_pairs(numpy_backend, name, bn_pairs, gemm_pairs):
     model = build_model(validate_config(load_config(name)), (3, 32, 32), 10)
-    assert len(model.fusion.pairs) == pairs
-    assert {(a.name, b.name) for a, b in model.fusion.pairs} == {("BatchNorm2D", "ReLU")}
+    kinds = [(type(a).__name__, type(b).__name__) for a, b in model.fusion.pairs]
+    assert kinds.count(("BatchNorm2D", "ReLU")) == bn_pairs
+    assert sum(k in (("Conv2D", "ReLU"), ("Dense", "ReLU")) for k in kinds) == gemm_pairs
+    assert len(kinds) == bn_pairs + gemm_pairs
 
 
 # ------------------------------------------------------------------ launches
 
 
-def test_fused_model_launches_two_kernels_fewer_per_pair_per_step(emulated_backend):
-    """A training step (forward, loss, backward) of the cifar10-fast-shaped model: each fused pair
-    saves its activation's forward and backward kernel; an inference forward saves one per pair."""
-    model = fast_like(np.float32)
+def launches_fused_and_unfused(backend, model, x, labels) -> dict[bool, tuple[int, int]]:
+    """fusion on/off -> kernel launches of a training step (forward, loss, backward) and of an
+    inference forward, from the same starting state."""
     loss_fn = SoftmaxCrossEntropy()
-    x = np.random.default_rng(13).standard_normal((4, 3, 8, 8)).astype(np.float32)
-    labels = np.array([0, 1, 2, 0])
     start = model.state_dict()
 
     def step():
@@ -364,13 +415,36 @@ def test_fused_model_launches_two_kernels_fewer_per_pair_per_step(emulated_backe
     for fuse in (True, False):
         model.set_fusion(fuse)
         model.load_state_dict(start)
-        train = count_step(emulated_backend, step)["kernel_launches"]
-        infer = count_step(emulated_backend, lambda: model.forward(x, training=False))["kernel_launches"]
+        train = count_step(backend, step)["kernel_launches"]
+        infer = count_step(backend, lambda: model.forward(x, training=False))["kernel_launches"]
         counts[fuse] = (train, infer)
+    return counts
+
+
+def test_fused_model_launches_two_kernels_fewer_per_pair_per_step(emulated_backend):
+    """A training step (forward, loss, backward) of the cifar10-fast-shaped model: each fused pair
+    saves its activation's forward and backward kernel; an inference forward saves one per pair."""
+    x = np.random.default_rng(13).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    counts = launches_fused_and_unfused(emulated_backend, fast_like(np.float32), x, np.array([0, 1, 2, 0]))
     pairs = 3
     assert counts[False][0] - counts[True][0] == 2 * pairs
     assert counts[False][1] - counts[True][1] == pairs
     assert counts[True][0] > 0
+
+
+def test_relu_epilogue_saves_the_relu_forward_launch(emulated_backend):
+    """Conv2D/Dense + ReLU: the forward's ReLU launch is gone (training and inference); the
+    backward still runs ReLU's backward kernel (in the absorbing layer), so one launch per pair."""
+    emulated_backend.ops.set_variant("conv2d_forward", "igemm")  # a kernel with the epilogue on every shape
+    x = np.random.default_rng(14).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    counts = launches_fused_and_unfused(emulated_backend, lenet_like(np.float32), x, np.array([0, 1, 2, 0]))
+    # two conv pairs; the dense pair multiplies through cuBLAS (fp32, not capturable) and keeps its launch
+    assert counts[False][0] - counts[True][0] == 2
+    assert counts[False][1] - counts[True][1] == 2
+    emulated_backend.ops.capturable = True  # dense layers as igemm 1x1 convs: their epilogue too
+    counts = launches_fused_and_unfused(emulated_backend, lenet_like(np.float32), x, np.array([0, 1, 2, 0]))
+    assert counts[False][0] - counts[True][0] == 3
+    assert counts[False][1] - counts[True][1] == 3
 
 
 def test_onnx_export_still_writes_batchnorm_then_the_activation(numpy_backend):

@@ -9,27 +9,9 @@ import pytest
 
 from gpucnn import layers, losses
 
-H = 1e-6
+from finite_differences import numeric_grad, relative_error
+
 TOL = 1e-6
-
-
-def relative_error(analytic, numeric):
-    """||a - n|| / (||a|| + ||n||): entry-wise ratios would blow up on near-zero entries."""
-    scale = max(np.linalg.norm(analytic) + np.linalg.norm(numeric), 1e-12)
-    return float(np.linalg.norm(analytic - numeric) / scale)
-
-
-def numeric_grad(f, v):
-    g = np.zeros_like(v)
-    for idx in np.ndindex(v.shape):
-        old = v[idx]
-        v[idx] = old + H
-        plus = f()
-        v[idx] = old - H
-        minus = f()
-        v[idx] = old
-        g[idx] = (plus - minus) / (2 * H)
-    return g
 
 
 def check_layer(layer, x, training=True, reset=lambda: None):

@@ -110,10 +110,15 @@ class Layer:
             else:
                 self.frozen_params.add(name)
 
-    # Fusion (gpucnn.fusion plans it): a layer may do the work of the layer right after it in
-    # a chain, in its own kernels, e.g. BatchNorm2D applies the ReLU/GELU that follows it. The
-    # absorbed layer stays in the tree (params, keys, export unchanged) and passes through.
-    # Defaults: nothing fuses.
+    # Fusion (gpucnn.fusion plans it): a layer may do the work of the activation layer right
+    # after it in a chain, in its own kernels, e.g. BatchNorm2D applies the ReLU/GELU that
+    # follows it, Conv2D/Dense the ReLU in their GEMM's epilogue. The absorbed layer stays in
+    # the tree (params, keys, export unchanged) and passes through. Defaults: nothing fuses.
+
+    # Names of the ops.ACTIVATIONS this layer's forward op can apply itself (its op's
+    # ``activation=`` argument); the absorbed entry, or None, is ``_activation``.
+    absorbable_activations: tuple[str, ...] = ()
+    _activation = None
 
     @property
     def elementwise_activation(self):
@@ -122,12 +127,25 @@ class Layer:
 
     def can_absorb(self, following: Layer) -> bool:
         """Whether this layer can also do ``following``'s work (``following`` comes right after it)."""
-        return False
+        activation = following.elementwise_activation
+        return activation is not None and activation.name in self.absorbable_activations
 
     def absorb(self, following: Layer | None) -> None:
         """Do ``following``'s work from the next forward on (None: stop; only when ``can_absorb``)."""
-        if following is not None:
-            raise TypeError(f"{self.name} cannot absorb {following.name}")
+        if following is not None and not self.can_absorb(following):
+            fuses = f": it fuses only {', '.join(self.absorbable_activations)}" if self.absorbable_activations else ""
+            raise TypeError(f"{self.name} cannot absorb {following.name}{fuses}")
+        self._activation = None if following is None else following.elementwise_activation
+        self.forget_forward()
+
+    @property
+    def fused_activation(self) -> str | None:
+        """The name of the absorbed activation this layer's op applies ("relu"...), or None."""
+        return None if self._activation is None else self._activation.name
+
+    def forget_forward(self) -> None:
+        """Drop what the last forward cached for its backward (a forward of the other fusion
+        mode must not be paired with a backward of this one). Layers that fuse override it."""
 
     # True while the previous layer does this layer's work: forward returns x, backward dy.
     absorbed = False

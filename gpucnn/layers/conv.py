@@ -6,12 +6,14 @@ import numpy as np
 
 from gpucnn.init import initialize
 from gpucnn.layers.base import Layer, as_count, as_pair, as_rng
+from gpucnn.layers.epilogue import EpilogueActivation
 
 
-class Conv2D(Layer):
+class Conv2D(EpilogueActivation, Layer):
     """y (N, O, OH, OW) = x (N, C, H, W) correlated with W (O, C, KH, KW) + b (O,).
 
-    OH = (H + 2*ph - KH)//sh + 1. Caches the input for the backward pass.
+    OH = (H + 2*ph - KH)//sh + 1. Caches the input for the backward pass. Can absorb a ReLU
+    right after it into the convolution's epilogue (gpucnn.layers.epilogue).
     """
 
     param_kinds = {"W": "weight", "b": "bias"}
@@ -62,8 +64,9 @@ class Conv2D(Layer):
         self.output_shape(tuple(x.shape[1:]))
         self._x = x
         if x.shape[0] == 0:
-            return self.empty_output(x)
-        return self.ops.conv2d_forward(x, self.params["W"], self.params.get("b"), self.stride, self.padding)
+            return self._activated(self.empty_output(x), False)
+        return self._activated(self.ops.conv2d_forward(x, self.params["W"], self.params.get("b"), self.stride,
+                                                       self.padding, activation=self.fused_activation), training)
 
     def backward(self, dy, input_grad: bool = True):
         """Fill grads["W"], grads["b"]; return dx, or None when ``input_grad`` is False."""
@@ -72,6 +75,7 @@ class Conv2D(Layer):
         x, w = self._x, self.params["W"]
         if x.shape[0] == 0:
             return self.empty_backward(tuple(x.shape), x.dtype, input_grad)
+        dy = self._activation_backward(dy)
         self.grads["W"] = self.ops.conv2d_backward_filter(dy, x, w.shape, self.stride, self.padding)
         if "b" in self.params:
             self.grads["b"] = self.ops.conv2d_backward_bias(dy)

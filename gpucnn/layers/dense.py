@@ -6,10 +6,12 @@ import numpy as np
 
 from gpucnn.init import initialize
 from gpucnn.layers.base import Layer, as_count, as_rng
+from gpucnn.layers.epilogue import EpilogueActivation
 
 
-class Dense(Layer):
-    """Fully connected layer; caches its input for the backward pass."""
+class Dense(EpilogueActivation, Layer):
+    """Fully connected layer; caches its input for the backward pass. Can absorb a ReLU right
+    after it into the GEMM's epilogue (gpucnn.layers.epilogue)."""
 
     param_kinds = {"W": "weight", "b": "bias"}
 
@@ -39,8 +41,9 @@ class Dense(Layer):
         self.output_shape(tuple(x.shape[1:]))
         self._x = x
         if x.shape[0] == 0:
-            return self.empty_output(x)
-        return self.ops.dense_forward(x, self.params["W"], self.params.get("b"))
+            return self._activated(self.empty_output(x), False)
+        return self._activated(self.ops.dense_forward(x, self.params["W"], self.params.get("b"),
+                                                      activation=self.fused_activation), training)
 
     def backward(self, dy, input_grad: bool = True):
         """Fill grads["W"], grads["b"]; return dx (None when ``input_grad`` is False)."""
@@ -48,6 +51,7 @@ class Dense(Layer):
             raise RuntimeError(f"{self.name}: backward called before forward")
         if self._x.shape[0] == 0:
             return self.empty_backward(tuple(self._x.shape), self._x.dtype, input_grad)
+        dy = self._activation_backward(dy)
         dx, dw, db = self.ops.dense_backward(dy, self._x, self.params["W"])
         self.grads["W"] = dw
         if "b" in self.params:

@@ -40,26 +40,14 @@ class BatchNorm2D(Layer):
         self.running_mean = self.backend.asarray(np.zeros(num_features, dtype=self.dtype))
         self.running_var = self.backend.asarray(np.ones(num_features, dtype=self.dtype))
         self._cache = None
-        self._activation = None  # the ops.ACTIVATIONS entry absorbed from the next layer, or None
         # Set by gpucnn.distributed for model.sync_batchnorm: an object with this layer's two
         # training ops (same signatures) that uses the statistics of the global batch.
         self.stats_sync = None
 
-    def can_absorb(self, following: Layer) -> bool:
-        activation = following.elementwise_activation
-        return activation is not None and activation.name in BN_FUSED_ACTIVATIONS
+    absorbable_activations = BN_FUSED_ACTIVATIONS
 
-    def absorb(self, following: Layer | None) -> None:
-        if following is not None and not self.can_absorb(following):
-            raise TypeError(f"{self.name} cannot absorb {following.name}: batchnorm2d fuses only "
-                            f"{', '.join(BN_FUSED_ACTIVATIONS)}")
-        self._activation = None if following is None else following.elementwise_activation
+    def forget_forward(self) -> None:
         self._cache = None
-
-    @property
-    def fused_activation(self) -> str | None:
-        """The name of the activation this layer applies after normalizing ("relu"...), or None."""
-        return None if self._activation is None else self._activation.name
 
     def _gamma_beta(self):
         if self.affine:

@@ -11,7 +11,9 @@ Every function returns new arrays unless it says "in place".
 
 Convolution (cross-correlation), x: (N, C, H, W), w: (O, C, KH, KW), b: (O,) or None,
 OH = (H + 2*ph - KH)//sh + 1, OW likewise:
-  conv2d_forward(x, w, b, stride, padding) -> y (N, O, OH, OW)
+  conv2d_forward(x, w, b, stride, padding, activation=None) -> y (N, O, OH, OW)
+      ``activation``: None or a name in ``GEMM_FUSED_ACTIVATIONS`` ("relu"), applied to
+      the biased sum (y = act(conv + b)); the kernel backends apply it in the GEMM's epilogue
   conv2d_backward_data(dy, w, x_shape, stride, padding) -> dx (N, C, H, W)
   conv2d_backward_filter(dy, x, w_shape, stride, padding) -> dw (O, C, KH, KW)
   conv2d_backward_bias(dy) -> db (O,)                      sum over N, OH, OW
@@ -31,7 +33,7 @@ Pooling, x: (N, C, H, W) -> y: (N, C, OH, OW):
   avgpool2d_backward(dy, x_shape, kernel, stride, padding) -> dx
 
 Dense, x: (N, I), w: (O, I), b: (O,):
-  dense_forward(x, w, b) -> y (N, O)                       y = x @ w.T + b
+  dense_forward(x, w, b, activation=None) -> y (N, O)      y = act(x @ w.T + b), act as for conv
   dense_backward(dy, x, w) -> (dx (N, I), dw (O, I), db (O,))
 
 Activations (any shape), one pair per entry of ``ACTIVATIONS`` below; backward takes what
@@ -110,6 +112,22 @@ ACTIVATIONS = (
 # backward); the kernels' act codes are their index + 1, 0 meaning none (np_norm.bn_activation_code).
 # The model's fusion plan (gpucnn.fusion) folds a BatchNorm2D + one of these layers from here.
 BN_FUSED_ACTIVATIONS = ("relu", "gelu")
+
+# The activations conv2d_forward/dense_forward can apply in their epilogue (the GEMM kernels'
+# relu flag); a Conv2D/Dense layer absorbs the layer of one of these right after it. Their
+# backward reads the output (ReLU's mask), which the absorbing layer keeps.
+GEMM_FUSED_ACTIVATIONS = ("relu",)
+
+
+def gemm_relu(op: str, activation) -> bool:
+    """Whether ``op``'s epilogue applies ReLU: False for None, True for "relu" (the one entry
+    of GEMM_FUSED_ACTIVATIONS); anything else is a ValueError naming the op."""
+    if activation is None:
+        return False
+    if activation not in GEMM_FUSED_ACTIVATIONS:
+        raise ValueError(f"{op}: activation {activation!r} cannot be fused; expected None or one of "
+                         f"{', '.join(GEMM_FUSED_ACTIVATIONS)}")
+    return True
 
 CONV_OPS = (
     "conv2d_forward",

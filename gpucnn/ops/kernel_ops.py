@@ -50,7 +50,7 @@ import math
 import numpy as np
 
 from gpucnn.cuda import autotune, tc_ops
-from gpucnn.ops import ACTIVATIONS
+from gpucnn.ops import ACTIVATIONS, gemm_relu
 from gpucnn.ops.np_norm import bn_activation_code
 
 THREADS = 256
@@ -209,22 +209,29 @@ class KernelOps:
     def _chunk(self, n: int, per_image_floats: int) -> int:
         return max(1, min(n, self.col_buffer_bytes // max(1, 4 * per_image_floats)))
 
-    def conv2d_forward(self, x, w, b, stride, padding):
-        """y (N, O, OH, OW) = cross-correlation of x (N, C, H, W) with w (O, C, KH, KW) + b."""
+    def conv2d_forward(self, x, w, b, stride, padding, activation=None):
+        """y (N, O, OH, OW) = act(cross-correlation of x (N, C, H, W) with w (O, C, KH, KW) + b).
+
+        The fused ReLU is the epilogue of the tensor-core, igemm and direct kernels; after
+        cuBLAS (im2col_gemm) it is one more elementwise launch, as an unfused ReLU layer's.
+        """
+        relu = gemm_relu("conv2d_forward", activation)
         x, w = self._float32("conv2d_forward", x, w)
         if b is not None:
             (b,) = self._float32("conv2d_forward", b)
         g = self._conv_geometry("conv2d_forward", x.shape, w.shape, stride, padding)
         if self._tensor_cores:
-            return tc_ops.conv2d_forward_tc(self.launcher, self.xp, x, w, b, stride, padding, self.precision)
+            return tc_ops.conv2d_forward_tc(self.launcher, self.xp, x, w, b, stride, padding, self.precision,
+                                            relu=relu)
         n, c, h, wd, o, kh, kw, sh, sw, ph, pw, oh, ow = g
         y = self._empty((n, o, oh, ow))
         variant = self._pick("conv2d_forward", o, c * kh * kw)
         bias = b if b is not None else w
         if variant == "direct":
-            self._launch_flat("conv2d_forward_direct", y.size, y, x, w, bias, np.int32(b is not None), *_i32(*g))
+            self._launch_flat("conv2d_forward_direct", y.size, y, x, w, bias, np.int32(b is not None),
+                              np.int32(relu), *_i32(*g))
         elif variant == "igemm":
-            self._forward_igemm(y, x, w, b, g)
+            self._forward_igemm(y, x, w, b, g, relu)
         else:
             k, p = c * kh * kw, oh * ow
             w2 = w.reshape(o, k)
@@ -237,14 +244,17 @@ class KernelOps:
                 self.xp.matmul(w2, col, out=y[start : start + nb].reshape(nb, o, p))
             if b is not None:
                 self._launch_flat("add_channel_bias", y.size, y, b, *_i32(n, o, oh * ow))
+            if relu:
+                y = self.relu_forward(y)
         return y
 
-    def _forward_igemm(self, y, x, w, b, g) -> None:
-        """y (N, O, OH, OW) := conv of x with w (+ b) by the tiled implicit GEMM; g: _conv_geometry."""
+    def _forward_igemm(self, y, x, w, b, g, relu: bool = False) -> None:
+        """y (N, O, OH, OW) := conv of x with w (+ b, ReLU) by the tiled implicit GEMM; g: _conv_geometry."""
         n, o, oh, ow = g[0], g[4], g[11], g[12]
         grid = (math.ceil(n * oh * ow / IGEMM_TILE), math.ceil(o / IGEMM_TILE))
         self.launcher.launch("conv2d_forward_igemm", grid, (THREADS,),
-                             (y, x, w, b if b is not None else w, np.int32(b is not None), *_i32(*g)))
+                             (y, x, w, b if b is not None else w, np.int32(b is not None), np.int32(relu),
+                              *_i32(*g)))
 
     def _backward_data_igemm(self, dx, dy, w, g) -> None:
         """dx (N, C, H, W) := dy through the rotated filter by the tiled implicit GEMM."""
@@ -432,22 +442,23 @@ class KernelOps:
         """_conv_geometry of the 1x1 convolution x (n, i, 1, 1) * w (o, i, 1, 1) that a dense layer is."""
         return (n, i, 1, 1, o, 1, 1, 1, 1, 0, 0, 1, 1)
 
-    def dense_forward(self, x, w, b):
-        """y (N, O) = x (N, I) @ w.T + b."""
+    def dense_forward(self, x, w, b, activation=None):
+        """y (N, O) = act(x (N, I) @ w.T + b); the fused ReLU as in conv2d_forward."""
+        relu = gemm_relu("dense_forward", activation)
         x, w = self._float32("dense_forward", x, w)
         if b is not None:
             (b,) = self._float32("dense_forward", b)
         if self._tensor_cores:
-            return tc_ops.dense_forward_tc(self.launcher, self.xp, x, w, b, self.precision)
+            return tc_ops.dense_forward_tc(self.launcher, self.xp, x, w, b, self.precision, relu=relu)
         if self.capturable:
             (n, i), o = x.shape, w.shape[0]
             y = self._empty((n, o))
-            self._forward_igemm(y, x, w, b, self._dense_geometry(n, i, o))
+            self._forward_igemm(y, x, w, b, self._dense_geometry(n, i, o), relu)
             return y
         y = self.xp.matmul(x, w.T)
         if b is not None:
             self._launch_flat("add_channel_bias", y.size, y, b, *_i32(y.shape[0], y.shape[1], 1))
-        return y
+        return self.relu_forward(y) if relu else y
 
     def dense_backward(self, dy, x, w):
         """(dx (N, I), dw (O, I), db (O,)) for dy (N, O)."""

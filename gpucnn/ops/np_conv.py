@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from gpucnn.ops import gemm_relu
+from gpucnn.ops.np_activations import relu_forward
 from gpucnn.precision import operand_rounding
 
 
@@ -93,8 +95,14 @@ def col2im(cols: np.ndarray, x_shape, kernel, stride, padding) -> np.ndarray:
     return np.ascontiguousarray(dx[:, :, ph : ph + h, pw : pw + w].transpose(1, 0, 2, 3))
 
 
-def conv2d_forward(x, w, b, stride, padding, precision="fp32"):
-    """y (N, O, OH, OW) = cross-correlation of x (N, C, H, W) with w (O, C, KH, KW) + b (O,)."""
+def gemm_activation(op: str, activation, y):
+    """``y`` through the fused activation of conv2d_forward/dense_forward (the ReLU layer's own
+    function, so a fused layer is bit for bit the unfused pair)."""
+    return relu_forward(y) if gemm_relu(op, activation) else y
+
+
+def conv2d_forward(x, w, b, stride, padding, activation=None, precision="fp32"):
+    """y (N, O, OH, OW) = act(cross-correlation of x (N, C, H, W) with w (O, C, KH, KW) + b (O,))."""
     x, w = round_operands(precision, x, w)
     n = x.shape[0]
     o = w.shape[0]
@@ -102,7 +110,8 @@ def conv2d_forward(x, w, b, stride, padding, precision="fp32"):
     y = w.reshape(o, -1) @ cols  # (O, N*OH*OW)
     if b is not None:
         y += b[:, None]
-    return np.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+    return gemm_activation("conv2d_forward", activation,
+                           np.ascontiguousarray(y.reshape(o, n, oh, ow).transpose(1, 0, 2, 3)))
 
 
 def _delta_matrix(dy):

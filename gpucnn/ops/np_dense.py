@@ -6,16 +6,16 @@ bias and its gradient (a plain sum of dy) stay full precision.
 
 from __future__ import annotations
 
-from gpucnn.ops.np_conv import round_operands
+from gpucnn.ops.np_conv import gemm_activation, round_operands
 
 
-def dense_forward(x, w, b, precision="fp32"):
-    """y (N, O) = x @ w.T + b."""
+def dense_forward(x, w, b, activation=None, precision="fp32"):
+    """y (N, O) = act(x @ w.T + b)."""
     x, w = round_operands(precision, x, w)
     y = x @ w.T
     if b is not None:
         y += b
-    return y
+    return gemm_activation("dense_forward", activation, y)
 
 
 def dense_backward(dy, x, w, precision="fp32"):
