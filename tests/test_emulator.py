@@ -59,9 +59,10 @@ def test_a_missing_barrier_is_a_wrong_answer():
     assert broken != text
     launcher = EmulatedLauncher(source_overrides={"reduce.cu": broken})
     out = np.zeros((), np.float32)
-    x = np.ones(64, np.float32)
-    launcher.launch("scaled_sum", (1,), (64,), (out, x, np.int32(64), np.float32(1.0)))
-    assert float(out) != 64.0
+    # 32 threads: scratch holds BLOCK_SUM_SCRATCH (32) floats, one per warp of the largest block
+    x = np.ones(32, np.float32)
+    launcher.launch("scaled_sum", (1,), (32,), (out, x, np.int32(32), np.float32(1.0)))
+    assert float(out) != 32.0
 
 
 def test_a_barrier_inside_a_branch_is_reported():
