@@ -17,9 +17,10 @@ _PASSED_THROUGH = object()
 class ActivationLayer(Layer):
     """Caches the output or the input (as ``activation.cached`` says) for its backward pass.
 
-    Absorbed (``set_absorbed(True)``, by the layer before it applying this activation in its own
-    kernels: BatchNorm2D, or Conv2D/Dense in their GEMM's epilogue) it passes through: forward returns x, backward returns dy (the absorbing
-    layer's backward already multiplied by the activation's derivative).
+    Absorbed (``set_absorbed(True)``, by the layer before it applying this activation in its
+    own kernels: BatchNorm2D, or Conv2D/Dense in their GEMM's epilogue) it passes through:
+    forward returns x, backward returns dy (the absorbing layer's backward already multiplied
+    by the activation's derivative).
     """
 
     activation: Activation

@@ -64,9 +64,9 @@ class Conv2D(EpilogueActivation, Layer):
         self.output_shape(tuple(x.shape[1:]))
         self._x = x
         if x.shape[0] == 0:
-            return self._activated(self.empty_output(x), False)
+            return self._activated(self.empty_output(x))
         return self._activated(self.ops.conv2d_forward(x, self.params["W"], self.params.get("b"), self.stride,
-                                                       self.padding, activation=self.fused_activation), training)
+                                                       self.padding, activation=self.fused_activation))
 
     def backward(self, dy, input_grad: bool = True):
         """Fill grads["W"], grads["b"]; return dx, or None when ``input_grad`` is False."""

@@ -41,9 +41,9 @@ class Dense(EpilogueActivation, Layer):
         self.output_shape(tuple(x.shape[1:]))
         self._x = x
         if x.shape[0] == 0:
-            return self._activated(self.empty_output(x), False)
+            return self._activated(self.empty_output(x))
         return self._activated(self.ops.dense_forward(x, self.params["W"], self.params.get("b"),
-                                                      activation=self.fused_activation), training)
+                                                      activation=self.fused_activation))
 
     def backward(self, dy, input_grad: bool = True):
         """Fill grads["W"], grads["b"]; return dx (None when ``input_grad`` is False)."""
