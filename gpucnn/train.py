@@ -182,6 +182,11 @@ class Trainer:
         self._stop.requested = True
 
     @property
+    def captured_steps(self) -> list[CapturableStep]:
+        """The capturable steps built so far, one per batch size (empty for eager steps)."""
+        return list(self._steps.values())
+
+    @property
     def last_path(self) -> Path:
         return self.out_dir / "last.npz"
 

@@ -87,12 +87,12 @@ def test_step_mode_names_how_the_trainer_ran_its_steps():
     from types import SimpleNamespace
 
     step = SimpleNamespace(eager_reason=None, graph=SimpleNamespace(mode="eager"))
-    assert airbench.step_mode(SimpleNamespace(cuda_graph="auto", _steps={1024: step})) == "capturable step, eager"
+    assert airbench.step_mode(SimpleNamespace(cuda_graph="auto", captured_steps=[step])) == "capturable step, eager"
     step.graph.mode = "graph"
-    assert airbench.step_mode(SimpleNamespace(cuda_graph="auto", _steps={1024: step, 848: step})) == "cuda graph"
+    assert airbench.step_mode(SimpleNamespace(cuda_graph="auto", captured_steps=[step, step])) == "cuda graph"
     step.eager_reason = "cuBLAS: matmul"
-    assert airbench.step_mode(SimpleNamespace(cuda_graph="auto", _steps={1024: step})) == "eager (cuBLAS: matmul)"
-    assert airbench.step_mode(SimpleNamespace(cuda_graph=None, _steps={})) == "eager"
+    assert airbench.step_mode(SimpleNamespace(cuda_graph="auto", captured_steps=[step])) == "eager (cuBLAS: matmul)"
+    assert airbench.step_mode(SimpleNamespace(cuda_graph=None, captured_steps=[])) == "eager"
 
 
 def _no_gpu() -> str | None:

@@ -168,10 +168,11 @@ def step_mode(trainer) -> str:
     "eager" with the reason when a graph was wanted but something blocked it."""
     if trainer.cuda_graph is None:
         return "eager"
-    reasons = sorted({s.eager_reason for s in trainer._steps.values() if s.eager_reason})
+    steps = trainer.captured_steps
+    reasons = sorted({s.eager_reason for s in steps if s.eager_reason})
     if reasons:
         return f"eager ({'; '.join(reasons)})"
-    modes = {s.graph.mode for s in trainer._steps.values()}
+    modes = {s.graph.mode for s in steps}
     return "cuda graph" if modes == {"graph"} else "capturable step, eager"
 
 
