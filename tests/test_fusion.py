@@ -156,6 +156,11 @@ def test_conv_and_dense_absorb_the_relu_after_them_and_nothing_else(numpy_backen
     x = np.random.default_rng(3).standard_normal((2, 3, 8, 8))
     y = model.layers[0].forward(x)
     assert y.min() == 0.0 and np.any(y > 0)  # the ReLU applied in the conv's op
+    ops = numpy_backend.ops
+    with pytest.raises(ValueError, match="conv2d_forward: activation 'gelu' cannot be fused; expected None or one of relu"):
+        ops.conv2d_forward(x, conv.params["W"], None, (1, 1), (0, 0), activation="gelu")
+    with pytest.raises(ValueError, match="dense_forward: activation 'tanh' cannot be fused"):
+        ops.dense_forward(np.ones((2, 4)), np.ones((3, 4)), None, activation="tanh")
 
 
 @pytest.mark.parametrize("name", UNFUSABLE)

@@ -78,11 +78,11 @@ TC_FILES = sorted(f for f, text in sources.read_sources().items() if re.search(r
 
 @pytest.fixture(scope="module")
 def report(nvrtc):
-    return sass_report.kernel_report(files=["reduce.cu", "conv2d_igemm.cu", *TC_FILES])
+    return sass_report.kernel_report(files=["reduce.cu", "batchnorm.cu", "conv2d_igemm.cu", *TC_FILES])
 
 
 def test_the_report_covers_every_kernel_and_parses_ptxas(report):
-    for file in ("reduce.cu", "conv2d_igemm.cu", *TC_FILES):
+    for file in ("reduce.cu", "batchnorm.cu", "conv2d_igemm.cu", *TC_FILES):
         names = {s.name for s in sources.parse_kernels(sources.read_sources()[file], file, sources.read_headers())}
         for arch in ARCHS:
             assert {r["kernel"] for r in report if r["file"] == file and r["arch"] == arch} == names
@@ -111,12 +111,12 @@ def test_tensor_core_kernels_use_hmma_without_spills(report):
     assert any(r["ldgsts"] > 0 for r in tc_rows)  # cp.async became LDGSTS
 
 
-def test_reductions_are_warp_shuffles_with_two_barriers(nvrtc):
+def test_reductions_are_warp_shuffles_with_two_barriers(report):
     """block_sum and the BatchNorm moment merge reduce inside each warp with shuffles (SHFL) and
     meet once in shared memory: two block barriers per reduction, not one per tree level."""
     if sass_report.find_disassembler() is None:
         pytest.skip("no cuobjdump/nvdisasm (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
-    rows = {(r["kernel"], r["arch"]): r for r in sass_report.kernel_report(files=["reduce.cu", "batchnorm.cu"])}
+    rows = {(r["kernel"], r["arch"]): r for r in report}
     for arch in ARCHS:
         for kernel, reductions in (("scaled_sum", 1), ("batchnorm2d_backward_partial", 1),
                                    ("batchnorm2d_partial_stats", 1), ("batchnorm2d_finalize_stats", 1)):

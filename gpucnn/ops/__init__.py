@@ -119,15 +119,20 @@ BN_FUSED_ACTIVATIONS = ("relu", "gelu")
 GEMM_FUSED_ACTIVATIONS = ("relu",)
 
 
-def gemm_relu(op: str, activation) -> bool:
-    """Whether ``op``'s epilogue applies ReLU: False for None, True for "relu" (the one entry
-    of GEMM_FUSED_ACTIVATIONS); anything else is a ValueError naming the op."""
+def fused_activation_code(op: str, activation, allowed: tuple[str, ...]) -> int:
+    """0 for None, else 1 + the index of ``activation`` in ``allowed`` (the kernels' act code);
+    a name outside ``allowed`` is a ValueError naming the op."""
     if activation is None:
-        return False
-    if activation not in GEMM_FUSED_ACTIVATIONS:
+        return 0
+    if activation not in allowed:
         raise ValueError(f"{op}: activation {activation!r} cannot be fused; expected None or one of "
-                         f"{', '.join(GEMM_FUSED_ACTIVATIONS)}")
-    return True
+                         f"{', '.join(allowed)}")
+    return 1 + allowed.index(activation)
+
+
+def gemm_relu(op: str, activation) -> bool:
+    """Whether ``op``'s epilogue applies ReLU (the one entry of GEMM_FUSED_ACTIVATIONS)."""
+    return fused_activation_code(op, activation, GEMM_FUSED_ACTIVATIONS) != 0
 
 CONV_OPS = (
     "conv2d_forward",

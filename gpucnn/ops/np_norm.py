@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpucnn.ops import BN_FUSED_ACTIVATIONS
+from gpucnn.ops import BN_FUSED_ACTIVATIONS, fused_activation_code
 from gpucnn.ops.np_activations import gelu_backward, gelu_forward, relu_backward, relu_forward
 
 _AXES = (0, 2, 3)
@@ -16,12 +16,7 @@ _AXES = (0, 2, 3)
 
 def bn_activation_code(op: str, activation) -> int:
     """0 for None, else 1 + the index of ``activation`` in BN_FUSED_ACTIVATIONS."""
-    if activation is None:
-        return 0
-    if activation not in BN_FUSED_ACTIVATIONS:
-        raise ValueError(f"{op}: activation {activation!r} cannot be fused; expected None or one of "
-                         f"{', '.join(BN_FUSED_ACTIVATIONS)}")
-    return 1 + BN_FUSED_ACTIVATIONS.index(activation)
+    return fused_activation_code(op, activation, BN_FUSED_ACTIVATIONS)
 
 
 def _per_channel(v):
